@@ -1,0 +1,1 @@
+"""grace-lit: Hydra + Lightning experiments for multi-task RUL prediction."""

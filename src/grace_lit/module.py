@@ -1,0 +1,176 @@
+"""The LightningModule: one forward, the inner RUL loss + cross-entropy, the outer controller, one optimizer step.
+
+Manual optimization, because the controller needs per-task gradient information before the combined gradient
+exists. ``grad_mode`` chooses how a controller that wants norms on all shared parameters (GABA) gets them:
+
+* ``fused`` (default): one VJP per task over all parameters; the norms are taken on the shared subset and the
+  parameter gradients are assembled as sum_i w_i grad L_i. Exact, two backward passes.
+* ``reference``: the spec's three passes: ``autograd.grad`` per task on the shared parameters, then backward of
+  the weighted sum.
+* ``approx``: norms of the gradients w.r.t. the backbone *output* (one cheap pass through the heads), then one
+  backward. Not the spec's GABA: an opt-in approximation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import lightning as L
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grace_lit.errors import GraceError
+from grace_lit.losses.base import Controller, grad_norm, task_grad_norms
+from grace_lit.metrics import RMSE, Accuracy, NASAScore
+from grace_lit.models.dual_task import DualTaskModel
+
+GRAD_MODES = ("fused", "reference", "approx")
+NONFINITE_ACTIONS = ("raise", "skip")
+
+
+class GraceModule(L.LightningModule):
+    def __init__(self, model: DualTaskModel, controller: Controller, rul_loss: Callable, optimizer: partial,
+                 grad_clip: float, grad_mode: str = "fused", on_nonfinite: str = "raise", eval_prefix: str = "val"):
+        super().__init__()
+        if grad_mode not in GRAD_MODES:
+            raise GraceError(f"grad_mode={grad_mode!r} is not one of {GRAD_MODES}.")
+        if on_nonfinite not in NONFINITE_ACTIONS:
+            raise GraceError(f"on_nonfinite={on_nonfinite!r} is not one of {NONFINITE_ACTIONS}.")
+        self.automatic_optimization = False
+        self.model, self.controller, self.rul_loss = model, controller, rul_loss
+        self.optimizer_factory, self.grad_clip = optimizer, grad_clip
+        self.grad_mode, self.on_nonfinite, self.eval_prefix = grad_mode, on_nonfinite, eval_prefix
+        if not controller.trains_health:
+            model.health_head.requires_grad_(False)
+        self.metrics = nn.ModuleDict({
+            "rmse_last": RMSE(last_only=True), "rmse_all": RMSE(last_only=False),
+            "nasa": NASAScore(last_only=True), "nasa_all": NASAScore(last_only=False),
+            "health_acc": Accuracy(last_only=True), "health_acc_all": Accuracy(last_only=False),
+        })
+        self.nonfinite_skips = 0
+        self.test_predictions: pd.DataFrame | None = None
+        self._predictions: list[torch.Tensor] = []
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        own = [p for p in self.controller.parameters() if p.requires_grad]
+        if own:  # spec pitfall 2: a controller's learnable parameters must be optimised, in their own group
+            groups.append({"params": own, "lr": self.controller.lr, "weight_decay": 0.0})
+        return self.optimizer_factory(groups)
+
+    def _trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _backward(self, losses: torch.Tensor, features: torch.Tensor) -> None:
+        scope = self.controller.norm_scope()
+        if scope == "shared" and self.grad_mode == "fused":
+            return self._fused_backward(losses)
+        if scope == "shared" and self.grad_mode == "approx":
+            scope = "features"
+        inputs = {"none": None, "shared": self.model.shared_parameters,
+                  "last_shared": self.model.last_shared_parameters, "features": lambda: [features]}[scope]
+        norms = None if inputs is None else task_grad_norms(losses, inputs())
+        weights, aux = self.controller(losses, norms)
+        objective = (weights * losses).sum()
+        self.manual_backward(objective if aux is None else objective + aux)
+
+    def _fused_backward(self, losses: torch.Tensor) -> None:
+        params = self._trainable()
+        shared = {id(p) for p in self.model.shared_parameters()}
+        last = len(losses) - 1
+        grads = [torch.autograd.grad(loss, params, retain_graph=i < last, allow_unused=True)
+                 for i, loss in enumerate(losses)]
+        norms = torch.stack([grad_norm([g for g, p in zip(task, params) if id(p) in shared]) for task in grads])
+        weights, aux = self.controller(losses.detach(), norms)
+        w = weights.detach()
+        for j, p in enumerate(params):
+            parts = [w[i] * task[j] for i, task in enumerate(grads) if task[j] is not None]
+            p.grad = torch.stack(parts).sum(0) if parts else None
+        if weights.requires_grad or aux is not None:  # the controller's own parameters
+            objective = (weights * losses.detach()).sum()
+            (objective if aux is None else objective + aux).backward()
+
+    def _finite_or_skip(self, losses: torch.Tensor, total_norm: torch.Tensor) -> bool:
+        """One host sync per step: stop (or skip the step) on a NaN/inf loss or gradient."""
+        if bool(torch.isfinite(losses).all() & torch.isfinite(total_norm)):
+            return True
+        if self.on_nonfinite == "skip":
+            self.nonfinite_skips += 1
+            return False
+        ckpt = self.trainer.checkpoint_callback
+        last_good = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
+        raise GraceError(
+            f"Non-finite loss or gradient at step {self.global_step} (epoch {self.current_epoch}, losses "
+            f"{losses.detach().cpu().tolist()}). Last good checkpoint: {last_good or 'none written yet'}. "
+            f"Fix: lower optimizer.lr or check the data; on_nonfinite=skip skips such steps instead.")
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x, rul, health = batch[0], batch[1], batch[2]
+        opt = self.optimizers()
+        features = self.model.backbone(x)
+        rul_pred, logits = self.model.heads(features)
+        losses = torch.stack([self.rul_loss(rul_pred, rul), F.cross_entropy(logits, health)])
+        opt.zero_grad(set_to_none=True)
+        self._backward(losses, features)
+        total_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
+        if self._finite_or_skip(losses, total_norm):
+            opt.step()
+            self.controller.after_step()
+        self.log_dict({"train/loss_rul": losses[0], "train/loss_health": losses[1], "train/grad_norm": total_norm},
+                      on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        group = self.optimizers().param_groups[0]
+        self.log_dict({"lr": group["lr"], "weight_decay": group["weight_decay"]})
+
+    # ----------------------------------------------------------------- evaluation
+    def _evaluate(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, rul, health, _, is_last = batch
+        rul_pred, logits = self.model(x)
+        for name, metric in self.metrics.items():
+            if name.startswith("health"):
+                metric.update(logits, health, is_last)
+            else:
+                metric.update(rul_pred, rul, is_last)
+        return rul_pred, logits
+
+    def _log_metrics(self, prefix: str) -> None:
+        values = {}
+        for name, metric in self.metrics.items():
+            if self.controller.trains_health or not name.startswith("health"):
+                values[f"{prefix}/{name}"] = metric.compute()
+            metric.reset()
+        self.log_dict(values)
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.eval_prefix)
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        rul_pred, logits = self._evaluate(batch)
+        _, rul, health, unit, is_last = batch
+        self._predictions.append(torch.stack([unit.to(rul), rul, rul_pred, health.to(rul),
+                                              logits.argmax(-1).to(rul)], dim=1)[is_last])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        rows = torch.cat(self._predictions).cpu().numpy()
+        self._predictions = []
+        frame = pd.DataFrame(rows, columns=["unit", "rul_true", "rul_pred", "health_true", "health_pred"])
+        ints = ["unit", "health_true", "health_pred"]
+        frame[ints] = frame[ints].astype("int64")
+        if not self.controller.trains_health:
+            frame["health_pred"] = pd.NA
+        self.test_predictions = frame
+
+    # ----------------------------------------------------------------- checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite_skips"] = self.nonfinite_skips
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_skips = checkpoint.get("nonfinite_skips", 0)

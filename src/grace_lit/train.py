@@ -1,0 +1,76 @@
+"""Entry point: ``python -m grace_lit.train [overrides]`` (console script ``grace-train``)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from grace_lit.config import validate
+from grace_lit.errors import GraceError
+from grace_lit.module import GraceModule
+from grace_lit.results import run_summary, write_failure, write_results
+
+log = logging.getLogger("grace_lit")
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Trainer]:
+    """Instantiate data, model, controller, callbacks, loggers and trainer from a composed config."""
+    data = instantiate(cfg.data, source=instantiate(cfg.dataset))
+    model = instantiate(cfg.model)
+    module = GraceModule(model=model, controller=instantiate(cfg.loss.controller), rul_loss=instantiate(cfg.rul_loss.fn),
+                         optimizer=instantiate(cfg.optimizer), grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode,
+                         on_nonfinite=cfg.on_nonfinite, eval_prefix=cfg.protocol.eval_prefix)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return data, module, trainer
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    data, module, trainer = build(cfg)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("[%s | protocol=%s | selection on %s] %s + %s, model %s parameters", cfg.dataset.name,
+             cfg.protocol.name, cfg.protocol.eval_prefix, cfg.loss.name, cfg.rul_loss.name, f"{n_params:,}")
+    last = out_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if cfg.resume and last.is_file() else None
+    if cfg.resume and resume_from is None:
+        log.warning("resume=true but %s does not exist: starting from scratch", last)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(module, datamodule=data, ckpt_path=best or None, weights_only=False, verbose=False)
+    summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=time.time() - start)
+    write_results(out_dir, summary, module.test_predictions)
+    log.info("[%s | protocol=%s] test rmse_last=%.3f nasa=%.1f (best epoch %s of %s) -> %s", cfg.dataset.name,
+             cfg.protocol.name, summary["test/rmse_last"], summary["test/nasa"], summary["best_epoch"],
+             summary["epochs_run"], out_dir / "metrics.json")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)["selection_score"]
+    except GraceError as err:
+        write_failure(Path(cfg.paths.output_dir), cfg, err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records this job as failed and the sweep goes on
+        log.error("%s", err)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
