@@ -21,6 +21,7 @@ class GABA(Controller):
         self.beta, self.warmup_steps, self.min_weight = beta, warmup_steps, min_weight
         self.register_buffer("ema_weights", torch.full((n_tasks,), 1.0 / n_tasks))
         self.register_buffer("step_count", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("_others", 1.0 - torch.eye(n_tasks), persistent=False)
         self.last_norms: torch.Tensor | None = None
         self.last_raw: torch.Tensor | None = None
         self.last_weights = torch.full((n_tasks,), 1.0 / n_tasks)
@@ -46,7 +47,8 @@ class GABA(Controller):
         else:
             g = grad_norms.detach().to(self.ema_weights)
             total = g.sum().clamp_min(torch.finfo(g.dtype).tiny)  # both norms 0: stay finite
-            raw = (total - g) / ((self.n_tasks - 1) * total)
+            others = self._others @ g  # S - g_i summed directly: no cancellation for the small task
+            raw = others / ((self.n_tasks - 1) * total)
             self.ema_weights.copy_(self.beta * self.ema_weights + (1.0 - self.beta) * raw)
             floored = self.ema_weights.clamp(min=self.min_weight)
             weights = floored / floored.sum()

@@ -13,14 +13,20 @@ def _head(in_features: int, hidden: int, out_features: int, dropout: float) -> n
 
 
 class DualTaskModel(nn.Module):
-    def __init__(self, backbone: Backbone, head_hidden: int, num_health_states: int, dropout: float):
+    """``rul_scale``: the RUL head predicts in units of ``rul_scale`` cycles. The loss stays in cycles (the
+    spec's scale, which GABA's gradient norms see); only the parameterisation changes, so Adam's ~lr-sized
+    steps move the prediction by ~lr * rul_scale cycles instead of ~lr cycles."""
+
+    def __init__(self, backbone: Backbone, head_hidden: int, num_health_states: int, dropout: float,
+                 rul_scale: float = 1.0):
         super().__init__()
         self.backbone = backbone
+        self.rul_scale = rul_scale
         self.rul_head = _head(backbone.out_features, head_hidden, 1, dropout)
         self.health_head = _head(backbone.out_features, head_hidden, num_health_states, dropout)
 
     def heads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rul_head(z).squeeze(-1), self.health_head(z)
+        return self.rul_head(z).squeeze(-1) * self.rul_scale, self.health_head(z)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(RUL prediction (batch,), health logits (batch, states))."""

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real C-MAPSS files, extracted once per session into a temporary cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from grace_lit.data.archive import ensure_extracted
+
+REPO = Path(__file__).resolve().parents[1]
+SENSORS = ["s2", "s3", "s4", "s7", "s8", "s9", "s11", "s12", "s13", "s14", "s15", "s17", "s20", "s21"]
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = Path(os.environ.get("GRACE_LIT_DATA_DIR") or tmp_path_factory.mktemp("data-cache"))
+    ensure_extracted(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def cmapss_dir(data_cache: Path) -> Path:
+    return data_cache / "cmapss"
+
+
+def cli_env(data_cache: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses: the session's data cache, the checkout's sources first."""
+    return {**os.environ, "GRACE_LIT_DATA_DIR": str(data_cache), "PYTHONPATH": str(REPO / "src")}

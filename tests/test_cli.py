@@ -1,0 +1,53 @@
+"""The real CLI in a subprocess: Hydra composition, a lightning.Trainer, files on disk."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import REPO, cli_env
+
+TINY = ["dataset=FD001", "model=small", "trainer.max_epochs=2", "trainer.limit_train_batches=5"]
+
+
+def train(args: list[str], data_cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grace_lit.train", *args], cwd=REPO, env=cli_env(data_cache),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_single_run_writes_metrics_predictions_checkpoints(tmp_path, data_cache):
+    run = train([*TINY, f"hydra.run.dir={tmp_path}"], data_cache)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert (metrics["protocol"], metrics["dataset"], metrics["loss"], metrics["seed"]) == ("paper", "FD001", "gaba", 42)
+    assert metrics["epochs_run"] == 2 and metrics["best_epoch"] in (0, 1)
+    for key in ("test/rmse_last", "test/nasa", "test/health_acc", "wall_time_s"):
+        assert metrics[key] is not None and metrics[key] >= 0
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(predictions) == 100 and predictions["unit"].tolist() == list(range(1, 101))
+    rmse = ((predictions.rul_pred - predictions.rul_true) ** 2).mean() ** 0.5
+    assert abs(rmse - metrics["test/rmse_last"]) < 1e-3  # the file holds what was scored
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    log = pd.read_csv(tmp_path / "controller_log.csv")
+    assert list(log.epoch) == [0, 1] and {"weight_rul", "weight_health"} <= set(log.columns)
+    assert "protocol=paper" in run.stderr + run.stdout
+
+
+def test_multirun_two_seeds(tmp_path, data_cache):
+    run = train(["--multirun", "seed=1,2", *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}"],
+                data_cache)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = sorted(tmp_path.glob("*/metrics.json"))
+    assert len(found) == 2
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in found)
+    assert seeds == [1, 2]
+
+
+def test_unknown_dataset_lists_choices(tmp_path, data_cache):
+    run = train(["dataset=FD009", f"hydra.run.dir={tmp_path}"], data_cache)
+    assert run.returncode != 0
+    assert "FD001" in run.stderr and "FD009" in run.stderr

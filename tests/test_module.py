@@ -1,0 +1,95 @@
+"""The training step's gradient algebra, checked through a real lightning.Trainer in float64.
+
+With SGD(lr=1) and no clipping, the parameter update of one step equals minus the gradient the module built,
+so it can be compared with lambda_1 grad L_1 + lambda_2 grad L_2 computed independently here.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from grace_lit.data.windows import UnitSeries, WindowSet, batch_as_is
+from grace_lit.losses.gaba import GABA
+from grace_lit.losses.rul import WMSE
+from grace_lit.models.backbone import Backbone
+from grace_lit.models.dual_task import DualTaskModel
+from grace_lit.module import GraceModule
+
+
+def tiny_model(seed: int = 0) -> DualTaskModel:
+    torch.manual_seed(seed)
+    backbone = Backbone(input_size=3, hidden_size=4, cnn_channels=[4], kernel_size=3, num_heads=2, fc_dims=[6],
+                        dropout=0.0)
+    return DualTaskModel(backbone, head_hidden=5, num_health_states=3, dropout=0.0, rul_scale=10.0).double()
+
+
+def tiny_batch() -> WindowSet:
+    rng = np.random.default_rng(1)
+    units = [UnitSeries(u, rng.normal(size=(12, 3)).astype(np.float32),
+                        np.linspace(100, 0, 12).astype(np.float32)) for u in (1, 2)]
+    return WindowSet(units, window=5, stride=1, pad_mode="edge", health_thresholds=[30, 70])
+
+
+def one_step(grad_mode: str, warmup_steps: int = 0) -> tuple[DualTaskModel, GABA]:
+    model, data = tiny_model(), tiny_batch()
+    gaba = GABA(beta=0.0, warmup_steps=warmup_steps, min_weight=0.05)
+    module = GraceModule(model, gaba, WMSE(125.0), partial(torch.optim.SGD, lr=1.0), grad_clip=1e12,
+                         grad_mode=grad_mode)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, precision="64-true", logger=False, callbacks=[],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, DataLoader(data, batch_size=len(data), collate_fn=batch_as_is))
+    return model, gaba
+
+
+def expected_step(warm: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Independent reference: per-task gradients, GABA's closed form with beta = 0, the weighted sum."""
+    model, data = tiny_model(), tiny_batch()
+    x, rul, health, _, _ = data.__getitems__(list(range(len(data))))
+    rul_pred, logits = model(x.double())
+    losses = [WMSE(125.0)(rul_pred, rul.double()), F.cross_entropy(logits, health)]
+    params = list(model.parameters())
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
+    n_shared = len(list(model.backbone.parameters()))
+    g = torch.stack([torch.sqrt(sum((gi ** 2).sum() for gi in task[:n_shared])) for task in grads])
+    if warm:
+        w = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    else:
+        raw = torch.stack([g[1], g[0]]) / g.sum()
+        floored = raw.clamp(min=0.05)
+        w = floored / floored.sum()
+    before = [p.detach().clone() for p in params]
+    after = [p0 - (w[0] * (g0 if g0 is not None else 0) + w[1] * (g1 if g1 is not None else 0))
+             for p0, g0, g1 in zip(before, *grads)]
+    return after, w
+
+
+@pytest.mark.parametrize("grad_mode", ["fused", "reference"])
+def test_combined_gradient_is_weighted_sum(grad_mode):
+    model, gaba = one_step(grad_mode)
+    after, w = expected_step(warm=False)
+    torch.testing.assert_close(gaba.last_weights, w, rtol=1e-9, atol=0)
+    for p, e in zip(model.parameters(), after):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-12)
+
+
+def test_warmup_step_uses_uniform_weights_and_one_backward():
+    model, gaba = one_step("fused", warmup_steps=5)
+    assert gaba.last_norms is None  # no per-task gradients were measured
+    after, _ = expected_step(warm=True)
+    for p, e in zip(model.parameters(), after):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-12)
+
+
+def test_fused_matches_three_pass_reference():
+    fused, g_fused = one_step("fused")
+    ref, g_ref = one_step("reference")
+    torch.testing.assert_close(g_fused.last_weights, g_ref.last_weights, rtol=1e-6, atol=0)
+    for a, b in zip(fused.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
