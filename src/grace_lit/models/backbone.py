@@ -6,15 +6,19 @@ from torch import nn
 
 
 class Backbone(nn.Module):
-    """Conv1d stack -> BiLSTM -> multi-head self-attention with a residual connection -> temporal mean -> MLP.
+    """Conv1d stack -> BiLSTM -> multi-head self-attention with a residual connection -> pooling -> MLP.
 
-    Input (batch, time, features); output (batch, fc_dims[-1]).
+    Input (batch, time, features); output (batch, fc_dims[-1]). ``pool``: ``last`` keeps the last time step
+    (the state at the window's end, which the RUL target refers to), ``mean`` averages over time.
     """
 
     def __init__(self, input_size: int, hidden_size: int, cnn_channels: list[int], kernel_size: int,
                  num_heads: int, fc_dims: list[int], dropout: float, lstm_layers: int = 1,
-                 use_attention: bool = True, use_residual: bool = True):
+                 use_attention: bool = True, use_residual: bool = True, pool: str = "last"):
         super().__init__()
+        if pool not in ("last", "mean"):
+            raise ValueError(f"model.backbone.pool={pool!r} is not one of 'last', 'mean'")
+        self.pool = pool
         convs, prev = [], input_size
         for channels in cnn_channels:
             convs += [nn.Conv1d(prev, channels, kernel_size, padding=kernel_size // 2), nn.BatchNorm1d(channels),
@@ -41,5 +45,6 @@ class Backbone(nn.Module):
         if self.attention is not None:
             a, _ = self.attention(h, h, h, need_weights=False)
             h = h + a if self.use_residual else a
-        h = self.norm(h).mean(dim=1)
+        h = self.norm(h)
+        h = h[:, -1] if self.pool == "last" else h.mean(dim=1)
         return self.fc(h)
