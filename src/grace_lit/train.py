@@ -30,7 +30,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Traine
     module = GraceModule(model=model, controller=instantiate(cfg.loss.controller), rul_loss=instantiate(cfg.rul_loss.fn),
                          optimizer=instantiate(cfg.optimizer), grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode,
                          on_nonfinite=cfg.on_nonfinite, eval_prefix=cfg.protocol.eval_prefix)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null drops a stage (presets)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     return data, module, trainer

@@ -1,0 +1,180 @@
+"""Figures of a finished run and of a sweep table, as PNG files beside the data.
+
+Headless by construction: figures are ``matplotlib.figure.Figure`` objects saved directly, never pyplot, so no
+display backend or global figure state is involved. Per run (into ``<run>/plots/``): learning curves, controller
+weights with the GABA warmup band, learning rate and weight decay, last-window predictions, and full RUL
+trajectories of a few test units (re-scored from the selected checkpoint, see replay.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from grace_lit.replay import window_predictions
+
+DPI = 120
+PANEL = (4.5, 3.4)  # inches per subplot
+BAR_METRICS = {"rmse_last": "test RMSE (last window)", "nasa": "test NASA score", "health_acc": "test health acc."}
+
+
+def _figure(n_panels: int, rows: int = 1) -> tuple[Figure, list[Axes]]:
+    cols = -(-n_panels // rows)
+    fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows), layout="constrained")
+    return fig, list(np.atleast_1d(fig.subplots(rows, cols)).ravel())
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def curve(ax: Axes, metrics: pd.DataFrame, column: str, epochs: set[int] | None = None, log: bool = True,
+          **style) -> None:
+    """Plot ``column`` of the CSV logger's metrics.csv per epoch (``epochs``: only those); ``log``: log y axis
+    when every value is positive."""
+    if column not in metrics:
+        ax.set_title(f"{column} (not logged)")
+        return
+    rows = metrics.dropna(subset=[column]).drop_duplicates("epoch", keep="last")
+    if epochs is not None:
+        rows = rows[rows["epoch"].isin(epochs)]
+    ax.plot(rows["epoch"], rows[column], marker=".", **style)
+    ax.set(title=column, xlabel="epoch")
+    if log and len(rows) and (rows[column] > 0).all():
+        ax.set_yscale("log")
+
+
+def learning_curves(metrics: pd.DataFrame, monitor: str, best_epoch: int | None, title: str, path: Path) -> Path:
+    """Train losses and the selection metric per epoch (training epochs only: the final test row is left out)."""
+    fig, axes = _figure(3)
+    curve(axes[0], metrics, "train/loss_rul")
+    curve(axes[1], metrics, "train/loss_health")
+    trained = set(metrics.dropna(subset=["train/loss_rul"])["epoch"]) if "train/loss_rul" in metrics else None
+    curve(axes[2], metrics, monitor, trained, log=False, color="C1")
+    axes[2].set_title(f"{monitor} (selection)")
+    if best_epoch is not None:
+        axes[2].axvline(best_epoch, color="k", linestyle=":", label=f"selected (epoch {best_epoch})")
+        axes[2].legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def controller_weights(log: pd.DataFrame, warmup_steps: int | None, title: str, path: Path) -> Path:
+    """Per-epoch mean task weights (and gradient norms when logged) at each epoch's last step."""
+    norms = [c for c in log.columns if c.startswith("g_")]
+    fig, axes = _figure(2 if norms else 1)
+    for ax, prefix in zip(axes, ("weight_", "g_")):
+        for column in (c for c in log.columns if c.startswith(prefix)):
+            ax.plot(log["step"], log[column], marker=".", label=column)
+        if warmup_steps:
+            ax.axvspan(0, warmup_steps, color="0.85", label=f"warmup ({warmup_steps} steps, uniform)")
+        ax.set(xlabel="optimizer step (epoch end; values are epoch means)",
+               title="task weights" if prefix == "weight_" else "gradient norms (shared parameters)")
+        if prefix == "g_":
+            ax.set_yscale("log")
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def schedules(metrics: pd.DataFrame, title: str, path: Path) -> Path:
+    """Learning rate and weight decay of the first parameter group, at each epoch's end."""
+    fig, axes = _figure(2)
+    curve(axes[0], metrics, "lr")
+    curve(axes[1], metrics, "weight_decay")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def last_window(predictions: pd.DataFrame, title: str, path: Path) -> Path:
+    """Scatter of predicted vs true RUL, and every unit sorted by true RUL (the usual C-MAPSS figure)."""
+    rmse = float(np.sqrt(((predictions["rul_pred"] - predictions["rul_true"]) ** 2).mean()))
+    fig, (scatter, ordered) = _figure(2)
+    scatter.scatter(predictions["rul_true"], predictions["rul_pred"], s=12)
+    top = float(max(predictions["rul_true"].max(), predictions["rul_pred"].max()))
+    scatter.plot([0, top], [0, top], color="k", linewidth=0.8)
+    scatter.set(xlabel="true RUL", ylabel="predicted RUL", title=f"last window per test unit (RMSE {rmse:.2f})")
+    order = predictions.sort_values("rul_true").reset_index(drop=True)
+    ordered.plot(order.index, order["rul_true"], color="k", label="true")
+    ordered.scatter(order.index, order["rul_pred"], s=10, color="C3", label="predicted")
+    ordered.set(xlabel="test unit (sorted by true RUL)", ylabel="RUL", title="per unit")
+    ordered.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def trajectories(windows: pd.DataFrame, title: str, path: Path) -> Path:
+    units = list(dict.fromkeys(windows["unit"]))
+    fig, axes = _figure(len(units), rows=1 if len(units) <= 4 else 2)
+    for ax, unit in zip(axes, units):
+        rows = windows[windows["unit"] == unit]
+        ax.plot(rows["cycle"], rows["rul_true"], color="k", label="true (capped)")
+        ax.plot(rows["cycle"], rows["rul_pred"], color="C3", label="predicted")
+        ax.set(title=f"unit {unit}", xlabel="cycle relative to the last observed", ylabel="RUL")
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def sweep_bars(table: pd.DataFrame, protocol: str, path: Path) -> Path:
+    """One panel per metric: datasets on x, one bar per controller/RUL loss/variant, error bars = sample std."""
+    methods = list(table[["loss", "rul_loss", "variant"]].drop_duplicates().itertuples(index=False))
+    datasets = sorted(table["dataset"].unique())
+    width = 0.8 / len(methods)
+    fig, axes = _figure(len(BAR_METRICS))
+    for ax, (stem, label) in zip(axes, BAR_METRICS.items()):
+        for i, method in enumerate(methods):
+            rows = table[(table["loss"] == method.loss) & (table["rul_loss"] == method.rul_loss)
+                         & (table["variant"] == method.variant)].set_index("dataset").reindex(datasets)
+            name = " + ".join(filter(None, [method.loss, method.rul_loss, method.variant]))
+            ax.bar(np.arange(len(datasets)) + (i - (len(methods) - 1) / 2) * width, rows[f"{stem}_mean"],
+                   width, yerr=rows[f"{stem}_std"].fillna(0.0), capsize=3, label=name)
+        ax.set_xticks(np.arange(len(datasets)), datasets)
+        ax.set(title=label)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize="small")
+    fig.suptitle(f"protocol={protocol}: mean ± sample std over seeds")
+    return _save(fig, path)
+
+
+def plot_run(run_dir: Path, trajectory_units: int) -> list[Path]:
+    """Every figure whose input the run left behind; returns the files written."""
+    out = run_dir / "plots"
+    summary = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    saved = run_dir / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(saved) if saved.is_file() else OmegaConf.create()
+    monitor = summary.get("selection_metric") or OmegaConf.select(cfg, "monitor", default="")
+
+    def name(key: str, path: str) -> str:  # metrics.json, else (unfinished run) the config it started with
+        return summary[key] if key in summary else OmegaConf.select(cfg, path, default="?",
+                                                                     throw_on_resolution_failure=False)
+
+    title = (f"{name('dataset', 'dataset.name')} {name('loss', 'loss.name')} + {name('rul_loss', 'rul_loss.name')}, "
+             f"seed {name('seed', 'seed')} (protocol={name('protocol', 'protocol.name')}, "
+             f"{summary.get('status', 'unfinished')})")
+    written = []
+    if (run_dir / "metrics.csv").is_file():
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        written.append(learning_curves(metrics, monitor, summary.get("best_epoch"), title,
+                                       out / "learning_curves.png"))
+        written.append(schedules(metrics, title, out / "lr_weight_decay.png"))
+    if (run_dir / "controller_log.csv").is_file():
+        log = pd.read_csv(run_dir / "controller_log.csv")
+        warmup = OmegaConf.select(cfg, "loss.controller.warmup_steps", default=None)
+        written.append(controller_weights(log, warmup, title, out / "controller_weights.png"))
+    if (run_dir / "predictions.csv").is_file():
+        written.append(last_window(pd.read_csv(run_dir / "predictions.csv"), title, out / "predictions_last.png"))
+    if trajectory_units > 0 and summary.get("status") == "completed":
+        windows = window_predictions(run_dir, trajectory_units)
+        scored = pd.read_csv(run_dir / "predictions.csv").set_index("unit")["rul_pred"]
+        last = windows[windows["is_last"]].set_index("unit")["rul_pred"]
+        gap = float((last - scored.reindex(last.index)).abs().max())  # the replay must reproduce the test scores
+        written.append(trajectories(windows, f"{title}\nre-scored; max |difference| to predictions.csv {gap:.2g}",
+                                    out / "trajectories.png"))
+    return written

@@ -1,0 +1,120 @@
+"""Running at scale: the joblib launcher with the sweep log and both optional loggers, the SLURM launcher and DDP
+configs, and every experiment preset composing to what its name says."""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO, cli_env
+from grace_lit.sweep_log import job_line
+from grace_lit.train import build
+
+TINY = ["dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2"]
+PRESETS = sorted(p.stem for pattern in ("paper_*.yaml", "ablation_*.yaml")
+                 for p in (REPO / "conf" / "experiment").glob(pattern))
+SEEDS = [42, 123, 456, 789, 1024]
+
+
+def train(args: list[str], data_cache: Path) -> subprocess.CompletedProcess:
+    env = {**cli_env(data_cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "grace_lit.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_joblib_multirun_two_jobs_with_both_loggers(tmp_path, data_cache):
+    """Two tiny jobs in parallel: one logs to TensorBoard, one to MLflow; the sweep prints one line per job."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    run = train(["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "logger=tensorboard,mlflow",
+                 *TINY, f"hydra.sweep.dir={tmp_path}"], data_cache)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in run.stderr + run.stdout
+    jobs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
+    assert [json.loads((j / "metrics.json").read_text())["status"] for j in jobs] == ["completed"] * 2
+    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("[job "))
+    assert len(lines) == 2, run.stdout[-2000:]
+    for num, line in enumerate(lines):
+        rmse = json.loads((jobs[num] / "metrics.json").read_text())["test/rmse_last"]
+        assert re.match(rf"\[job {num}\] dataset=FD001 loss=gaba rul_loss=wmse protocol=paper seed=42 "
+                        rf"test/rmse_last={rmse:.4g} test/nasa=\S+ wall_time_s=\S+ completed$", line), line
+
+    tensorboard, mlflow = jobs
+    assert list((tensorboard / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tensorboard / "tensorboard")).Reload()
+    assert {"train/loss_rul", "test/rmse_last", "lr"} <= set(events.Tags()["scalars"])
+    with sqlite3.connect(mlflow / "mlflow.db") as db:
+        keys = {k for (k,) in db.execute("select distinct key from metrics")}
+        tags = dict(db.execute("select key, value from tags"))
+    assert {"train/loss_rul", "test/rmse_last", "lr"} <= keys
+    assert (tags["dataset"], tags["controller"], tags["seed"]) == ("FD001", "gaba", "42")
+    for job in jobs:  # the CSV logger stays on: the report's plots read metrics.csv
+        assert (job / "metrics.csv").is_file()
+
+
+def test_sweep_line_of_a_failed_job():
+    line = job_line("3", {"status": "failed", "dataset": "FD002", "seed": 7, "error": "Non-finite loss\nFix: x"},
+                    ["dataset", "seed", "test/rmse_last"], 12.34, error=RuntimeError("ignored"))
+    assert line == "[job 3] dataset=FD002 seed=7 test/rmse_last=- failed: Non-finite loss (after 12.3s)"
+    crashed = job_line("4", None, ["dataset"], 1.0, error=ValueError("boom"))
+    assert crashed == "[job 4] dataset=- failed: boom (after 1.0s)"
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_ddp_trainer_config_builds_a_ddp_trainer(tmp_path, data_cache, monkeypatch):
+    monkeypatch.setenv("GRACE_LIT_DATA_DIR", str(data_cache))
+    cfg = compose_train(["trainer=ddp", "trainer.accelerator=cpu", "model=small", f"paths.output_dir={tmp_path}"])
+    assert (cfg.trainer.strategy, cfg.trainer.devices) == ("ddp", 2)
+    _, _, trainer = build(cfg)
+    assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.num_devices == 2
+
+
+def test_submitit_slurm_launcher_composes():
+    """What ``--cfg hydra hydra/launcher=submitit_slurm`` prints, through the compose API (no cluster here)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    launcher = compose_train(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"]).hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_composes_to_what_its_name_says(preset, tmp_path, data_cache, monkeypatch):
+    monkeypatch.setenv("GRACE_LIT_DATA_DIR", str(data_cache))
+    cfg = compose_train([f"experiment={preset}"])
+    params = cfg.hydra.sweeper.params
+    assert [int(s) for s in str(params.seed).split(",")] == SEEDS  # --multirun runs the spec's five seeds
+    assert (cfg.protocol.name, cfg.model.backbone.hidden_size) == ("paper", 256)
+    if preset.startswith("paper_"):
+        _, dataset, method = preset.split("_")
+        assert (cfg.dataset.name, cfg.loss.name, cfg.rul_loss.name) == (dataset, {"grace": "gaba"}.get(method, method),
+                                                                         "wmse")
+        awd = [0.5, 0.1] if method == "grace" else [1.0, 1.0]  # adaptive weight decay is GRACE's alone
+        assert list(cfg.callbacks.weight_decay.factors) == awd
+        return
+    assert (cfg.dataset.name, cfg.loss.name) == ("FD002", "gaba")  # ablations of GRACE on the default dataset
+    expected = {
+        "ablation_no_ema": lambda: cfg.callbacks.ema is None,
+        "ablation_no_warmup": lambda: cfg.callbacks.lr_warmup is None and cfg.callbacks.plateau.warmup_epochs == 0,
+        "ablation_no_awd": lambda: cfg.callbacks.weight_decay is None,
+        "ablation_mse": lambda: cfg.rul_loss.name == "mse",
+        "ablation_gaba_beta": lambda: str(params["loss.controller.beta"]) == "0.9,0.95,0.99,0.999",
+        "ablation_floor": lambda: str(params["loss.controller.min_weight"]) == "0.0,0.01,0.05,0.1",
+        "ablation_warmup_steps": lambda: str(params["loss.controller.warmup_steps"]) == "0,10,100,1000",
+    }
+    assert expected[preset]()
+    if cfg.callbacks.ema is None:  # a null stage is dropped by build(), not instantiated
+        cfg = compose_train([f"experiment={preset}", "model=small", f"paths.output_dir={tmp_path}"])
+        _, _, trainer = build(cfg)
+        assert not any(type(c).__name__ == "EMAWeights" for c in trainer.callbacks)

@@ -1,0 +1,161 @@
+"""The results report: exact aggregation on hand-made metrics.json files, failed and unfinished runs listed, and
+every figure written as a PNG from a real (tiny) run."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, cli_env
+from grace_lit.replay import window_predictions
+from grace_lit.report import main, variant
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SELECTION = {"paper": "test set (published protocol)", "holdout": "held-out training units"}
+
+
+def write_run(root: Path, name: str, **fields) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    base = {"status": "completed", "protocol": "paper", "dataset": "FD001", "loss": "gaba", "rul_loss": "wmse",
+            "command": "python -m grace_lit.train model=small"}
+    base.update(fields)
+    base["selection"] = SELECTION[base["protocol"]]
+    (run / "metrics.json").write_text(json.dumps(base))
+    return run
+
+
+def metrics(rmse: float, nasa: float, acc: float | None, best: int, wall: float) -> dict:
+    return {"test/rmse_last": rmse, "test/nasa": nasa, "test/health_acc": acc, "best_epoch": best,
+            "wall_time_s": wall}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    for i, (seed, rmse, nasa, acc, best, wall) in enumerate(
+            [(1, 10.0, 200.0, 0.5, 10, 100.0), (2, 12.0, 300.0, 0.6, 20, 110.0), (3, 17.0, 400.0, 0.7, 30, 120.0)]):
+        write_run(root, f"{i}_gaba", seed=seed, **metrics(rmse, nasa, acc, best, wall))
+    write_run(root, "3_amnl", loss="amnl", seed=1, **metrics(20.0, 500.0, 0.8, 5, 50.0))
+    write_run(root, "4_single", loss="single_task", seed=1, **metrics(30.0, 900.0, None, 7, 40.0))
+    for i, (seed, rmse) in enumerate([(1, 14.0), (2, 16.0)]):
+        write_run(root, f"{5 + i}_holdout", protocol="holdout", seed=seed, **metrics(rmse, 100.0, 0.5, 3, 10.0))
+    write_run(root, "7_beta", seed=1, command="python -m grace_lit.train model=small loss.controller.beta=0.9 seed=1",
+              **metrics(99.0, 999.0, 0.1, 1, 1.0))
+    write_run(root, "8_failed", seed=4, status="failed",
+              error="Non-finite loss or gradient at step 7. Fix: lower optimizer.lr")
+    unfinished = root / "9_unfinished" / ".hydra"  # Hydra wrote its config, the run never wrote metrics.json
+    unfinished.mkdir(parents=True)
+    (unfinished / "hydra.yaml").write_text("hydra:\n  job:\n    name: train\n")
+    (unfinished / "config.yaml").write_text("seed: 5\ndataset: {name: FD001}\nloss: {name: gaba}\n"
+                                            "rul_loss: {name: wmse}\nprotocol: {name: paper, selection: x}\n")
+    diagnose = root / "diagnose_run" / ".hydra"  # not a training run: must not be listed
+    diagnose.mkdir(parents=True)
+    (diagnose / "hydra.yaml").write_text("hydra:\n  job:\n    name: diagnose\n")
+    return root
+
+
+def test_table_means_and_sample_stds(sweep: Path, capsys):
+    main([str(sweep), "--no-plots"])
+    table = pd.read_csv(sweep / "report.csv", keep_default_na=False, na_values=[""])
+    gaba = table[(table.loss == "gaba") & (table.protocol == "paper") & (table.variant == "model=small")].iloc[0]
+    assert (gaba.n_runs, gaba.n_seeds, gaba.seeds) == (3, 3, "1 2 3")
+    # rmse 10, 12, 17: mean 13, deviations -3, -1, 4 -> sample variance (9 + 1 + 16) / 2 = 13
+    assert gaba.rmse_last_mean == pytest.approx(13.0) and gaba.rmse_last_std == pytest.approx(math.sqrt(13.0))
+    assert gaba.nasa_mean == pytest.approx(300.0) and gaba.nasa_std == pytest.approx(100.0)
+    assert gaba.health_acc_mean == pytest.approx(0.6) and gaba.health_acc_std == pytest.approx(0.1)
+    assert gaba.best_epoch_mean == pytest.approx(20.0) and gaba.best_epoch_std == pytest.approx(10.0)
+    assert gaba.wall_time_s_mean == pytest.approx(110.0) and gaba.wall_time_s_std == pytest.approx(10.0)
+    holdout = table[table.protocol == "holdout"].iloc[0]
+    assert holdout.rmse_last_mean == pytest.approx(15.0) and holdout.rmse_last_std == pytest.approx(math.sqrt(2.0))
+    amnl = table[table.loss == "amnl"].iloc[0]
+    assert amnl.rmse_last_mean == 20.0 and math.isnan(amnl.rmse_last_std)  # one seed: no sample std
+    single = table[table.loss == "single_task"].iloc[0]
+    assert math.isnan(single.health_acc_mean)  # absent, not zero
+    beta = table[table.variant == "loss.controller.beta=0.9 model=small"].iloc[0]
+    assert beta.rmse_last_mean == 99.0  # a different setting is its own row, never averaged in
+    assert len(table) == 5
+
+    text = (sweep / "report.md").read_text()
+    assert text == capsys.readouterr().out.split("\n-> ")[0]  # printed as written
+    tables = [line for line in text.splitlines() if line.startswith("### ")]
+    assert tables == ["### FD001 (protocol=holdout)", "### FD001 (protocol=paper)"]
+    assert f"Selection: {SELECTION['paper']}." in text and f"Selection: {SELECTION['holdout']}." in text
+    assert "| gaba | wmse | model=small | 3 | 1 2 3 | 13.000 ± 3.606 | 300.0 ± 100.0 | 0.600 ± 0.100 |" in text
+    assert "| amnl | wmse | model=small | 1 | 1 | 20.000 | 500.0 | 0.800 |" in text
+    assert "| single_task | wmse | model=small | 1 | 1 | 30.000 | 900.0 | — |" in text
+
+
+def test_failed_and_unfinished_runs_are_listed(sweep: Path):
+    main([str(sweep), "--no-plots"])
+    runs = pd.read_csv(sweep / "runs.csv")
+    assert len(runs) == 10  # 8 completed + failed + unfinished; the diagnose folder is not a training run
+    failed = runs[runs.status == "failed"].iloc[0]
+    assert failed.seed == 4 and "Non-finite loss" in failed.error
+    unfinished = runs[runs.status == "unfinished"].iloc[0]
+    assert (unfinished.seed, unfinished.dataset, unfinished.loss) == (5, "FD001", "gaba")
+    assert "no metrics.json" in unfinished.error
+    text = (sweep / "report.md").read_text()
+    section = text.split("## Failed or unfinished runs")[1]
+    assert "| failed | paper | FD001 | gaba | 4 | Non-finite loss or gradient at step 7. Fix: lower optimizer.lr |" \
+        in section
+    assert "9_unfinished | unfinished | paper | FD001 | gaba | 5 | no metrics.json" in section
+
+
+def test_no_runs_is_a_clear_error(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--no-plots"])
+    assert exit_info.value.code == 1
+    assert "No runs" in capsys.readouterr().err
+
+
+def test_variant_keeps_only_settings_that_change_a_run():
+    overrides = ["seed=3", "dataset=FD002", "loss=amnl", "logger=mlflow", "paths.data_dir=/x",
+                 "trainer.max_epochs=2", "loss.controller.beta=0.9", "~callbacks.ema"]
+    assert variant(overrides) == "loss.controller.beta=0.9 trainer.max_epochs=2 ~callbacks.ema"
+
+
+RUN_PLOTS = ["learning_curves.png", "lr_weight_decay.png", "controller_weights.png", "predictions_last.png",
+             "trajectories.png"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_cache) -> Path:
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    env = {**cli_env(data_cache), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "grace_lit.train", "dataset=FD001", "model=small",
+                           "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                           "loss.controller.warmup_steps=3", f"hydra.run.dir={run}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def test_every_plot_is_a_non_empty_png(tiny_run: Path, data_cache):
+    env = {**cli_env(data_cache), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "grace_lit.report", str(tiny_run), "--trajectory-units", "3"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "### FD001 (protocol=paper)" in done.stdout and "warning" not in done.stderr
+    for path in [tiny_run / "report_paper.png", *(tiny_run / "plots" / name for name in RUN_PLOTS)]:
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, path
+
+
+def test_replay_reproduces_the_scored_predictions(tiny_run: Path, data_cache, monkeypatch):
+    """The trajectory plot re-scores the selected checkpoint (EMA shadow included): its last windows must be
+    the predictions the test scored."""
+    monkeypatch.setenv("GRACE_LIT_DATA_DIR", str(data_cache))
+    windows = window_predictions(tiny_run, 3)
+    scored = pd.read_csv(tiny_run / "predictions.csv").set_index("unit")
+    last = windows[windows.is_last].set_index("unit")
+    assert len(last) == 3
+    assert sorted(last.rul_true) == sorted(scored.rul_true)[:3]  # the three units closest to failure
+    assert (last.rul_pred - scored.rul_pred.reindex(last.index)).abs().max() < 1e-4
+    for _, rows in windows.groupby("unit"):  # every window, one cycle apart (eval_stride 1), the last at 0
+        assert rows.cycle.tolist() == list(range(1 - len(rows), 1)) and len(rows) > 30
