@@ -30,6 +30,22 @@ GRAD_MODES = ("fused", "reference", "approx")
 NONFINITE_ACTIONS = ("raise", "skip")
 
 
+def weighted_sum(grads: list[tuple[torch.Tensor | None, ...]], weights: torch.Tensor) -> list[torch.Tensor | None]:
+    """Per parameter sum_i w_i grads[i] (None where no task reaches it), in a few foreach kernels per task rather
+    than small ops per parameter. Out of place: autograd may hand one tensor to two parameters (an LSTM's two
+    biases), so scaling in place could scale it twice."""
+    total: list[torch.Tensor | None] = [None] * len(grads[0])
+    for w, task in zip(weights, grads):
+        first = [j for j, g in enumerate(task) if g is not None and total[j] is None]
+        more = [j for j, g in enumerate(task) if g is not None and total[j] is not None]
+        if first:
+            for j, g in zip(first, torch._foreach_mul([task[j] for j in first], w)):
+                total[j] = g
+        if more:
+            torch._foreach_add_([total[j] for j in more], torch._foreach_mul([task[j] for j in more], w))
+    return total
+
+
 class GraceModule(L.LightningModule):
     def __init__(self, model: DualTaskModel, controller: Controller, rul_loss: Callable, optimizer: partial,
                  grad_clip: float, grad_mode: str = "fused", on_nonfinite: str = "raise", eval_prefix: str = "val"):
@@ -50,10 +66,17 @@ class GraceModule(L.LightningModule):
             "health_acc": Accuracy(last_only=True), "health_acc_all": Accuracy(last_only=False),
         })
         self.nonfinite_skips = 0
+        self._pending: tuple[torch.Tensor, torch.Tensor, int, int] | None = None  # see _finite_or_skip
         self.test_predictions: pd.DataFrame | None = None
         self._predictions: list[torch.Tensor] = []
 
     # ----------------------------------------------------------------- optimisation
+    def setup(self, stage: str) -> None:
+        if self.trainer.precision == "16-mixed":  # float16 needs a loss scaler, which autograd.grad bypasses
+            raise GraceError("trainer.precision=16-mixed is not supported: the per-task gradients and the clip "
+                             "run outside Lightning's loss scaler. Fix: trainer.precision=bf16-mixed (no scaler "
+                             "needed) or 32-true.")
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         own = [p for p in self.controller.parameters() if p.requires_grad]
@@ -85,26 +108,44 @@ class GraceModule(L.LightningModule):
                  for i, loss in enumerate(losses)]
         norms = torch.stack([grad_norm([g for g, p in zip(task, params) if id(p) in shared]) for task in grads])
         weights, aux = self.controller(losses.detach(), norms)
-        w = weights.detach()
-        for j, p in enumerate(params):
-            parts = [w[i] * task[j] for i, task in enumerate(grads) if task[j] is not None]
-            p.grad = torch.stack(parts).sum(0) if parts else None
+        for p, g in zip(params, weighted_sum(grads, weights.detach())):
+            p.grad = g
         if weights.requires_grad or aux is not None:  # the controller's own parameters
             objective = (weights * losses.detach()).sum()
             (objective if aux is None else objective + aux).backward()
 
     def _finite_or_skip(self, losses: torch.Tensor, total_norm: torch.Tensor) -> bool:
-        """One host sync per step: stop (or skip the step) on a NaN/inf loss or gradient."""
-        if bool(torch.isfinite(losses).all() & torch.isfinite(total_norm)):
-            return True
+        """Whether to apply this step's update; stops (raise) or skips (skip) on a NaN/inf loss or gradient.
+
+        ``skip`` must decide before the step: one host sync per step. ``raise`` never waits for this step's
+        flag: it keeps it on the device and checks the previous step's, whose kernels the device has finished
+        (or nearly) while this step's are queued, so the host does not stall it. The last flag is checked
+        before every validation, epoch end and checkpoint (``_check_pending``): a non-finite update never
+        reaches a checkpoint, and the error names the step it happened at.
+        """
+        finite = torch.isfinite(losses).all() & torch.isfinite(total_norm)
         if self.on_nonfinite == "skip":
+            if bool(finite):
+                return True
             self.nonfinite_skips += 1
             return False
+        self._check_pending()
+        self._pending = (finite, losses.detach(), self.global_step, self.current_epoch)
+        return True
+
+    def _check_pending(self) -> None:
+        """Raise if the last unchecked step (``on_nonfinite=raise``) had a non-finite loss or gradient."""
+        if self._pending is None:
+            return
+        finite, losses, step, epoch = self._pending
+        if bool(finite):
+            self._pending = None
+            return  # a non-finite flag stays: a later save (an on-exception checkpoint) raises too
         ckpt = self.trainer.checkpoint_callback
         last_good = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
         raise GraceError(
-            f"Non-finite loss or gradient at step {self.global_step} (epoch {self.current_epoch}, losses "
-            f"{losses.detach().cpu().tolist()}). Last good checkpoint: {last_good or 'none written yet'}. "
+            f"Non-finite loss or gradient at step {step} (epoch {epoch}, losses {losses.cpu().tolist()}). "
+            f"Last good checkpoint: {last_good or 'none written yet'}. "
             f"Fix: lower optimizer.lr or check the data; on_nonfinite=skip skips such steps instead.")
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
@@ -123,6 +164,7 @@ class GraceModule(L.LightningModule):
                       on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
+        self._check_pending()
         group = self.optimizers().param_groups[0]
         self.log_dict({"lr": group["lr"], "weight_decay": group["weight_decay"]})
 
@@ -144,6 +186,9 @@ class GraceModule(L.LightningModule):
                 values[f"{prefix}/{name}"] = metric.compute()
             metric.reset()
         self.log_dict(values)
+
+    def on_validation_start(self) -> None:
+        self._check_pending()  # evaluate (and checkpoint) finite weights only
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch)
@@ -170,6 +215,7 @@ class GraceModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._check_pending()  # before the file is written
         checkpoint["nonfinite_skips"] = self.nonfinite_skips
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

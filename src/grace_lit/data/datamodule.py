@@ -2,6 +2,10 @@
 
 The protocol decides what the per-epoch evaluation sees: ``paper`` evaluates on the test set, ``holdout`` on
 a seeded share of the training units (the test set is then only used by ``trainer.test``).
+
+On an accelerator the windows are moved to the device once, in ``setup``; every batch is then one gather on
+the device from a slice of a device-resident index order (``DeviceBatchSampler``): no per-sample
+``__getitem__``, no collate, no worker processes, no pinned-memory copies, no host-to-device copy per batch.
 """
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from grace_lit.data.cmapss import Splits
 from grace_lit.data.preprocess import split_units
@@ -17,6 +22,22 @@ from grace_lit.data.windows import WindowSet, batch_as_is
 from grace_lit.errors import GraceError
 
 PROTOCOLS = ("paper", "holdout")
+
+
+class DeviceBatchSampler(BatchSampler):
+    """Batches of indices as tensors on ``device``. The epoch's order comes from ``sampler`` (the same
+    permutation a host-side loader would draw), crosses to the device once per epoch and is sliced there, so a
+    device-resident ``WindowSet`` gathers each batch without a host-to-device copy (and its implicit sync)."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, device: torch.device):
+        super().__init__(sampler, batch_size, drop_last)
+        self.device = device
+
+    def __iter__(self):
+        order = torch.as_tensor(list(self.sampler), dtype=torch.int64).to(self.device)
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            yield order[start:start + self.batch_size]
 
 
 class RULDataModule(L.LightningDataModule):
@@ -37,18 +58,23 @@ class RULDataModule(L.LightningDataModule):
         return self.source.n_features
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
-            return
-        units = self.source.train_units()
-        if self.protocol == "holdout":
-            fit, held = split_units(units, self.holdout_fraction, self.seed)
-        else:
-            fit, held = units, np.array([], dtype=np.int64)
-        self.splits = self.source.build(fit, held, self.seed)
+        if self.splits is None:
+            units = self.source.train_units()
+            if self.protocol == "holdout":
+                fit, held = split_units(units, self.holdout_fraction, self.seed)
+            else:
+                fit, held = units, np.array([], dtype=np.int64)
+            self.splits = self.source.build(fit, held, self.seed)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for part in (self.splits.train, self.splits.val, self.splits.test):
+            if part is not None:
+                part.to(device)  # once per run: a few MB even for FD004
 
     def _loader(self, data: WindowSet, train: bool) -> DataLoader:
-        return DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          collate_fn=batch_as_is)
+        sampler = RandomSampler(data) if train else SequentialSampler(data)
+        batches = DeviceBatchSampler(sampler, self.batch_size if train else self.eval_batch_size, drop_last=False,
+                                     device=data.starts.device)
+        return DataLoader(data, batch_sampler=batches, collate_fn=batch_as_is, num_workers=0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.splits.train, train=True)
