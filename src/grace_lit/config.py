@@ -1,11 +1,74 @@
 """OmegaConf resolvers used by conf/ (registered on import) and the checks run before any training."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+
+from grace_lit.data.datamodule import PROTOCOLS
+from grace_lit.errors import GraceError
 
 OmegaConf.register_new_resolver("len", lambda seq: len(seq), replace=True)
 OmegaConf.register_new_resolver("n_states", lambda thresholds: len(thresholds) + 1, replace=True)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _count(value: Any) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def _problems(cfg: DictConfig) -> list[str]:
+    """One line per bad value: the key, the value and the allowed range."""
+    found = []
+
+    def check(key: str, ok: Callable[[Any], bool], allowed: str) -> None:
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            found.append(f"{key}={value!r}: must be {allowed}")
+
+    check("optimizer.lr", _positive, "> 0")
+    controller = cfg.loss.controller
+    if "lr" in controller:  # a learnable controller's own parameter group
+        check("loss.controller.lr", _positive, "> 0")
+    if controller._target_.endswith(".GABA"):
+        check("loss.controller.beta", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)")
+        k = controller.n_tasks
+        check("loss.controller.min_weight", lambda v: _is_number(v) and 0 <= v < 1 / k,
+              f"in [0, 1/K) = [0, {1 / k:.4g}) for K={k} tasks (a floor of 1/K or more forces every weight to 1/K)")
+    check("dataset.window", _count, "an integer >= 1 and at most the shortest training unit")
+    check("dataset.stride", _count, "an integer >= 1")
+    check("dataset.eval_stride", _count, "an integer >= 1")
+    check("dataset.max_rul", _positive, "> 0 (cycles)")
+    check("dataset.health_thresholds",
+          lambda v: all(_is_number(t) for t in v) and all(a < b for a, b in zip(v, v[1:])),
+          "strictly increasing RUL values, e.g. [30, 70]")
+    known = getattr(get_class(cfg.dataset._target_), "SENSORS", None)
+    if known is not None:
+        unknown = [s for s in cfg.dataset.sensors if s not in known]
+        check("dataset.sensors", lambda v: not unknown, f"names from {known[0]}..{known[-1]} (unknown: {unknown})")
+    check("protocol.name", lambda v: v in PROTOCOLS, f"one of {list(PROTOCOLS)} (or choose protocol=<name>)")
+    check("data.batch_size", _count, "an integer >= 1")
+    check("data.eval_batch_size", _count, "an integer >= 1")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
-    """Reject bad values before any data is read or model built (extended by the reliability work)."""
+    """Reject bad values before any data is read or model built: one GraceError listing every bad key."""
+    found = _problems(cfg)
+    if found:
+        lines = "\n".join(f"  {line}" for line in found)
+        raise GraceError(f"Invalid configuration:\n{lines}\nFix: set each key to a value in its allowed range "
+                         f"(a command-line override key=value, or the file under conf/).")

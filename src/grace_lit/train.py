@@ -60,15 +60,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def user_error(err: BaseException) -> GraceError | None:
+    """The GraceError behind ``err``, if any (Hydra's instantiate wraps what a constructor raises)."""
+    while err is not None and not isinstance(err, GraceError):
+        err = err.__cause__
+    return err
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)["selection_score"]
-    except GraceError as err:
-        write_failure(Path(cfg.paths.output_dir), cfg, err)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records this job as failed and the sweep goes on
-        log.error("%s", err)
+    except Exception as err:  # any failure leaves a metrics.json with status "failed" (the sweep report lists it)
+        user = user_error(err)
+        write_failure(Path(cfg.paths.output_dir), cfg, user or err)
+        if user is None or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # multirun: Hydra records this job as failed, runs the others, then exits non-zero
+        log.error("%s", user)
         sys.exit(1)
 
 

@@ -67,13 +67,15 @@ def _units(table: np.ndarray) -> list[np.ndarray]:
 class CMAPSS:
     """One C-MAPSS subset, preprocessed as configured (every choice is a constructor argument from conf/)."""
 
+    SENSORS = SENSORS  # the names dataset.sensors may use (config validation reads them before any data)
+
     def __init__(self, name: str, data_dir: str | None, cache_dir: str, sensors: list[str], max_rul: float,
                  window: int, stride: int, eval_stride: int, per_condition: bool, condition_decimals: list[int],
                  health_thresholds: list[float], pad_mode: str, select_metric: str):
         if name not in SUBSETS:
             raise GraceError(f"dataset.name={name!r} is not one of {SUBSETS}.")
         subset = name
-        unknown = sorted(set(sensors) - set(SENSORS))
+        unknown = sorted(set(sensors) - set(self.SENSORS))
         if unknown:
             raise GraceError(f"Unknown sensor names {unknown} in dataset.sensors. Fix: use names from s1..s21.")
         self.subset, self.sensors, self.max_rul = subset, list(sensors), max_rul

@@ -5,6 +5,7 @@ can name the file, the line and the fix.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,11 @@ def _diagnose(path: Path, n_cols: int) -> GraceError:
                                   f"(truncated or malformed row). {_FIX}")
             for field in fields:
                 try:
-                    float(field)
+                    value = float(field)
                 except ValueError:
                     return GraceError(f"{path}, line {lineno}: non-numeric field {field!r}. {_FIX}")
+                if not math.isfinite(value):
+                    return GraceError(f"{path}, line {lineno}: non-finite value {field!r}. {_FIX}")
     return GraceError(f"{path}: cannot be parsed as a {n_cols}-column numeric table. {_FIX}")
 
 
@@ -44,6 +47,7 @@ def read_table(path: str | Path, n_cols: int) -> np.ndarray:
         frame = pd.read_csv(path, sep=r"\s+", header=None, dtype=np.float64, engine="c")
     except (ValueError, pd.errors.ParserError):
         raise _diagnose(path, n_cols) from None
-    if frame.shape[1] != n_cols or frame.isna().to_numpy().any():
+    table = frame.to_numpy()
+    if frame.shape[1] != n_cols or not np.isfinite(table).all():  # NaN: a short row or "nan"; also "inf"
         raise _diagnose(path, n_cols)
-    return frame.to_numpy()
+    return table

@@ -1,0 +1,155 @@
+"""Bad input stops with one message naming the problem, where it is (key, file, line) and the fix.
+
+Config values are checked on the composed Hydra config before any data is read; data faults use corrupted
+copies of the real NASA files; the CLI turns either into one clean line and exit code 1.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO, cli_env
+from grace_lit.config import validate
+from grace_lit.data.archive import expected_checksums, verify
+from grace_lit.errors import GraceError
+from test_data import reader
+
+FD001 = ("train_FD001.txt", "test_FD001.txt", "RUL_FD001.txt")
+RESTORE = "Fix: restore the original NASA file"
+
+
+def composed(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+# ----------------------------------------------------------------------------------------------- config values
+def test_defaults_and_presets_are_valid():
+    for overrides in ([], ["dataset=FD001", "model=small"], ["loss=gradnorm"], ["loss=uncertainty"],
+                      ["protocol=holdout", "loss=amnl"]):
+        validate(composed(overrides))
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("optimizer.lr=0", "optimizer.lr=0", "> 0"),
+    ("optimizer.lr=-1e-3", "optimizer.lr=-0.001", "> 0"),
+    ("loss.controller.beta=1.0", "loss.controller.beta=1.0", "in [0, 1)"),
+    ("loss.controller.beta=-0.1", "loss.controller.beta=-0.1", "in [0, 1)"),
+    ("loss.controller.min_weight=0.5", "loss.controller.min_weight=0.5", "in [0, 1/K) = [0, 0.5)"),
+    ("dataset.window=0", "dataset.window=0", "an integer >= 1"),
+    ("dataset.window=abc", "dataset.window='abc'", "an integer >= 1"),
+    ("dataset.sensors=[s2,s99]", "dataset.sensors=", "names from s1..s21 (unknown: ['s99'])"),
+    ("dataset.health_thresholds=[70,30]", "dataset.health_thresholds=", "strictly increasing"),
+    ("dataset.health_thresholds=[30,30]", "dataset.health_thresholds=", "strictly increasing"),
+    ("dataset.max_rul=0", "dataset.max_rul=0", "> 0"),
+    ("protocol.name=oracle", "protocol.name='oracle'", "one of ['paper', 'holdout']"),
+    ("data.batch_size=0", "data.batch_size=0", "an integer >= 1"),
+    ("data.eval_batch_size=-5", "data.eval_batch_size=-5", "an integer >= 1"),
+])
+def test_bad_config_value_names_key_and_range(override, key, allowed):
+    with pytest.raises(GraceError) as err:
+        validate(composed([override]))
+    message = str(err.value)
+    assert f"{key}" in message and allowed in message and "Fix:" in message
+    assert message.count(": must be") == 1  # only the bad key is reported
+
+
+def test_gradnorm_controller_lr_is_checked_and_all_problems_reported_at_once():
+    with pytest.raises(GraceError) as err:
+        validate(composed(["loss=gradnorm", "loss.controller.lr=0", "optimizer.lr=-1", "dataset.max_rul=-3"]))
+    message = str(err.value)
+    assert message.count(": must be") == 3
+    assert "loss.controller.lr=0" in message and "optimizer.lr=-1" in message and "dataset.max_rul=-3" in message
+
+
+# ----------------------------------------------------------------------------------------------- data files
+@pytest.fixture
+def copy(cmapss_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of FD001's three files, to corrupt."""
+    for name in FD001:
+        shutil.copy(cmapss_dir / name, tmp_path / name)
+    return tmp_path
+
+
+def edit_lines(path: Path, edit) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(edit(lines)))
+
+
+def read_error(directory: Path, data_cache: Path) -> str:
+    with pytest.raises(GraceError) as err:
+        reader(data_cache, "FD001", data_dir=str(directory))
+    return str(err.value)
+
+
+def with_field(line: str, index: int, value: str) -> str:
+    fields = line.split()
+    fields[index] = value
+    return " ".join(fields) + "\n"
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    # the last line cut mid-row (no newline): 10 of 26 fields remain
+    ("train_FD001.txt", lambda ls: ls[:-1] + [" ".join(ls[-1].split()[:10])], "line 20631: 10 columns, expected 26"),
+    ("test_FD001.txt", lambda ls: ls[:4] + [with_field(ls[4], 7, "abc")] + ls[5:], "line 5: non-numeric field 'abc'"),
+    ("train_FD001.txt", lambda ls: ls[:9] + [ls[9].rstrip() + " 1.0\n"] + ls[10:], "line 10: 27 columns, expected 26"),
+    ("train_FD001.txt", lambda ls: ls[:9] + [" ".join(ls[9].split()[:-1]) + "\n"] + ls[10:],
+     "line 10: 25 columns, expected 26"),
+    ("train_FD001.txt", lambda ls: ls[:2] + ls[3:], "line 3: unit 1 cycle 4 breaks the order"),  # cycle 3 missing
+    ("train_FD001.txt", lambda ls: ls[:3] + ls[2:], "line 4: unit 1 cycle 3 breaks the order"),  # cycle 3 twice
+    ("test_FD001.txt", lambda ls: ls[:31] + [with_field(ls[31], 1, "32.5")] + ls[32:],
+     "line 32: unit and cycle must be integers"),
+    ("train_FD001.txt", lambda ls: ls[:6] + [with_field(ls[6], 12, "nan")] + ls[7:], "line 7: non-finite value 'nan'"),
+    ("train_FD001.txt", lambda ls: ls[:6] + [with_field(ls[6], 12, "inf")] + ls[7:], "line 7: non-finite value 'inf'"),
+    ("train_FD001.txt", lambda ls: [], "is empty"),
+    ("RUL_FD001.txt", lambda ls: ls[:-1], "RUL_FD001.txt has 99 lines but"),
+    ("RUL_FD001.txt", lambda ls: ls + ["12\n"], "RUL_FD001.txt has 101 lines but"),
+])
+def test_corrupted_file_names_file_line_and_fix(copy, data_cache, name, edit, expected):
+    edit_lines(copy / name, edit)
+    message = read_error(copy, data_cache)
+    assert str(copy / name) in message and expected in message and "Fix: restore the original NASA file" in message
+
+
+def test_missing_file_names_the_setting_to_check(copy, data_cache):
+    (copy / "test_FD001.txt").unlink()
+    message = read_error(copy, data_cache)
+    assert str(copy / "test_FD001.txt") in message and "does not exist" in message and "dataset.data_dir" in message
+
+
+def test_tampered_extraction_fails_its_checksum(copy):
+    sums = {name: digest for name, digest in expected_checksums().items() if name in FD001}
+    verify(copy, sums)  # the untouched copy passes
+    edit_lines(copy / "train_FD001.txt", lambda ls: ls[:100] + [ls[100].replace("1", "2", 1)] + ls[101:])
+    with pytest.raises(GraceError) as err:
+        verify(copy, sums)
+    message = str(err.value)
+    assert str(copy / "train_FD001.txt") in message and "SHA-256" in message and f"delete {copy}" in message
+    (copy / "RUL_FD001.txt").unlink()
+    with pytest.raises(GraceError, match="RUL_FD001.txt is missing"):
+        verify(copy, sums)
+
+
+# ----------------------------------------------------------------------------------------------- the CLI
+def train(args: list[str], data_cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grace_lit.train", *args], cwd=REPO, env=cli_env(data_cache),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_data_fault_prints_one_message_and_exits_1(copy, data_cache, tmp_path):
+    edit_lines(copy / "train_FD001.txt", lambda ls: ls[:2] + ls[3:])
+    out = tmp_path / "run"
+    run = train(["dataset=FD001", "model=small", f"dataset.data_dir={copy}", f"hydra.run.dir={out}"], data_cache)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr + run.stdout
+    errors = [line for line in (run.stderr + run.stdout).splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"{copy / 'train_FD001.txt'}, line 3" in errors[0] and RESTORE in errors[0]
+    failed = json.loads((out / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "line 3" in failed["error"]
+
