@@ -17,7 +17,7 @@ from grace_lit.sweep_log import job_line
 from grace_lit.train import build
 
 TINY = ["dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=2"]
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
 PRESETS = sorted(p.stem for pattern in ("paper_*.yaml", "ablation_*.yaml")
                  for p in (REPO / "conf" / "experiment").glob(pattern))
 SEEDS = [42, 123, 456, 789, 1024]

@@ -19,13 +19,14 @@ from omegaconf import OmegaConf
 from grace_lit.replay import window_predictions
 
 DPI = 120
-PANEL = (4.5, 3.4)  # inches per subplot
+PANEL = (4.5, 3.4)  # inches per subplot; a figure is at least two panels wide, so its title fits
+LOG_SPAN = 10.0  # task weights spanning more than this factor (AMNL's effective weights) get a log axis
 BAR_METRICS = {"rmse_last": "test RMSE (last window)", "nasa": "test NASA score", "health_acc": "test health acc."}
 
 
 def _figure(n_panels: int, rows: int = 1) -> tuple[Figure, list[Axes]]:
     cols = -(-n_panels // rows)
-    fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows), layout="constrained")
+    fig = Figure(figsize=(PANEL[0] * max(cols, 2), PANEL[1] * rows), layout="constrained")
     return fig, list(np.atleast_1d(fig.subplots(rows, cols)).ravel())
 
 
@@ -71,13 +72,15 @@ def controller_weights(log: pd.DataFrame, warmup_steps: int | None, title: str, 
     norms = [c for c in log.columns if c.startswith("g_")]
     fig, axes = _figure(2 if norms else 1)
     for ax, prefix in zip(axes, ("weight_", "g_")):
-        for column in (c for c in log.columns if c.startswith(prefix)):
+        columns = [c for c in log.columns if c.startswith(prefix)]
+        for column in columns:
             ax.plot(log["step"], log[column], marker=".", label=column)
         if warmup_steps:
             ax.axvspan(0, warmup_steps, color="0.85", label=f"warmup ({warmup_steps} steps, uniform)")
         ax.set(xlabel="optimizer step (epoch end; values are epoch means)",
                title="task weights" if prefix == "weight_" else "gradient norms (shared parameters)")
-        if prefix == "g_":
+        values = log[columns].to_numpy()
+        if prefix == "g_" or values.size and (values > 0).all() and values.max() > LOG_SPAN * values.min():
             ax.set_yscale("log")
         ax.legend()
     fig.suptitle(title)
