@@ -8,26 +8,31 @@ import sys
 from functools import partial
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 import grace_lit.config  # noqa: F401  (registers the resolvers conf/ uses)
 from conftest import REPO, cli_env
 from grace_lit.data.windows import batch_as_is
+from grace_lit.errors import GraceError
 from grace_lit.losses.amnl import AMNL
+from grace_lit.losses.base import Controller
 from grace_lit.losses.fixed import FixedWeights
 from grace_lit.losses.gradnorm import GradNorm
+from grace_lit.losses.rul import WMSE
 from grace_lit.losses.single_task import SingleTask
 from grace_lit.losses.uncertainty import Uncertainty
-from grace_lit.losses.rul import WMSE
 from grace_lit.module import GraceModule
 from test_module import tiny_batch, tiny_model
 
 LOSSES = ["gaba", "amnl", "gradnorm", "uncertainty", "fixed", "single_task"]
 
 
+# ----------------------------------------------------------------- the control laws, by hand
 def test_amnl_trace():
     amnl = AMNL(decay=0.9, floor=1e-6, weights=[0.5, 0.5])
     steps = [(100.0, 1.0), (80.0, 0.9), (60.0, 0.8)]
@@ -39,6 +44,9 @@ def test_amnl_trace():
         assert aux is None
         assert weights.tolist() == pytest.approx([0.5 / ema[0], 0.5 / ema[1]], rel=1e-6)
     assert ema == pytest.approx([94.2, 0.971])
+    assert amnl(torch.tensor([0.0, 0.0]), None)[0][0].item() == pytest.approx(0.5 / (0.9 * 94.2), rel=1e-6)
+    tiny = AMNL(decay=0.9, floor=1e-6, weights=[0.5, 0.5])
+    assert tiny(torch.tensor([1e-9, 2.0]), None)[0].tolist() == pytest.approx([0.5 / 1e-6, 0.25])  # the floor
 
 
 def test_uncertainty_gradient_on_log_variances():
@@ -80,12 +88,41 @@ def test_gradnorm_update_and_renormalisation():
         gn.after_step()
         assert gn.weights.tolist() == pytest.approx(w, rel=1e-6)
         assert gn.weights.sum().item() == pytest.approx(2.0)
+    assert w != pytest.approx([1.0, 1.0])  # the trace above did move the weights
+
+
+def test_gradnorm_keeps_weights_positive():
+    gn = GradNorm(alpha=1.5, lr=1.0, min_weight=0.01)
+    with torch.no_grad():
+        gn.weights.copy_(torch.tensor([-0.5, 2.5]))  # as if a large step overshot
+    gn.after_step()
+    assert gn.weights.tolist() == pytest.approx([2 * 0.01 / 2.51, 2 * 2.5 / 2.51])
+
+
+def test_gradnorm_rejects_an_unknown_scope():
+    with pytest.raises(GraceError, match="loss.controller.scope=last_shared"):
+        GradNorm(alpha=1.5, lr=0.025, min_weight=1e-3, scope="features")
 
 
 def test_fixed_and_single_task():
     assert FixedWeights([0.3, 0.7])(torch.tensor([5.0, 1.0]), None)[0].tolist() == pytest.approx([0.3, 0.7])
     single = SingleTask()
     assert single(torch.tensor([5.0, 1.0]), None)[0].tolist() == [1.0, 0.0] and not single.trains_health
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda: AMNL(0.9, 1e-6, [0.5, 0.5]), {"weight_rul", "weight_health", "loss_ema_rul", "loss_ema_health"}),
+    (lambda: Uncertainty([0.5, 1.0], 1e-3), {"weight_rul", "weight_health", "logvar_rul", "logvar_health"}),
+    (lambda: GradNorm(1.5, 0.025, 1e-3), {"weight_rul", "weight_health", "g_rul", "g_health"}),
+    (lambda: FixedWeights([0.5, 0.5]), {"weight_rul", "weight_health"}),
+])
+def test_log_values(make, names):
+    controller = make()
+    weights, _ = controller(torch.tensor([4.0, 1.0]), torch.tensor([2.0, 1.0]))
+    values = controller.log_values()
+    assert set(values) == names
+    torch.testing.assert_close(torch.stack([values["weight_rul"], values["weight_health"]]), weights.detach())
+    assert not any(v.requires_grad for v in values.values())
 
 
 @pytest.mark.parametrize("make", [lambda: AMNL(0.9, 1e-6, [0.5, 0.5]), lambda: Uncertainty([0.5, 1.0], 1e-3),
@@ -103,25 +140,87 @@ def test_state_dict_round_trip(make):
     b = make()
     b.load_state_dict(a.state_dict())
     nxt = (torch.tensor([2.0, 0.4]), torch.tensor([1.0, 1.0]))
-    torch.testing.assert_close(a(*nxt)[0], b(*nxt)[0])
+    (wa, aux_a), (wb, aux_b) = a(*nxt), b(*nxt)  # GradNorm's aux depends on L(0): it must survive too
+    torch.testing.assert_close(wa, wb)
+    if aux_a is not None:
+        torch.testing.assert_close(aux_a, aux_b)
 
 
+# ----------------------------------------------------------------- inside GraceModule (pitfall 2)
 @pytest.mark.parametrize("controller, own", [(Uncertainty([0.5, 1.0], lr=0.01), "log_vars"),
                                              (GradNorm(1.5, lr=0.025, min_weight=1e-3), "weights")])
-def test_learnable_parameters_are_optimised_in_their_own_group(controller, own):
+def test_learnable_parameters_get_their_own_group(controller, own):
     module = GraceModule(tiny_model(), controller, WMSE(125.0), partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4),
                          grad_clip=1.0)
     groups = module.configure_optimizers().param_groups
     assert len(groups) == 2 and groups[1]["params"] == [getattr(controller, own)]
     assert groups[1]["lr"] == controller.lr and groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == 1e-4
-    before = getattr(controller, own).detach().clone()
+
+
+def train_one_step(controller: Controller, grad_mode: str) -> GraceModule:
+    """One real Lightning step in float64; SGD(lr=1) on the model and no clipping, so the model moves by exactly
+    minus the gradient the module assembled, and the controller's group by minus its lr times its gradient."""
+    module = GraceModule(tiny_model(), controller, WMSE(125.0), partial(torch.optim.SGD, lr=1.0), grad_clip=1e12,
+                         grad_mode=grad_mode)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, precision="64-true", logger=False, callbacks=[],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0)
-    trainer.fit(module, DataLoader(tiny_batch(), batch_size=16, collate_fn=batch_as_is))
-    assert not torch.equal(getattr(controller, own).detach().float(), before.float())
+    data = tiny_batch()
+    trainer.fit(module, DataLoader(data, batch_size=len(data), collate_fn=batch_as_is))
+    return module
 
 
+def reference_gradients(scope: str) -> tuple[torch.Tensor, list[list[torch.Tensor]], torch.Tensor]:
+    """Independently of the module: the task losses, each task's gradient per parameter, and the per-task
+    gradient norms over ``scope``'s parameters, at the initial weights."""
+    model, data = tiny_model(), tiny_batch()
+    x, rul, health, _, _ = data.__getitems__(list(range(len(data))))
+    rul_pred, logits = model(x.double())
+    losses = torch.stack([WMSE(125.0)(rul_pred, rul.double()), F.cross_entropy(logits, health)])
+    params = list(model.parameters())
+    measured = model.shared_parameters() if scope == "shared" else model.last_shared_parameters()
+    grads, norms = [], []
+    for loss in losses:
+        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        grads.append([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)])
+        by_param = dict(zip(map(id, params), grads[-1]))
+        norms.append(torch.sqrt(sum((by_param[id(p)] ** 2).sum() for p in measured)))
+    return losses.detach(), grads, torch.stack(norms)
+
+
+def assert_model_moved_by(module: GraceModule, grads: list[list[torch.Tensor]], weights: torch.Tensor) -> None:
+    start = list(tiny_model().parameters())
+    for j, (p, p0) in enumerate(zip(module.model.parameters(), start)):
+        torch.testing.assert_close(p.detach(), p0.detach() - (weights[0] * grads[0][j] + weights[1] * grads[1][j]))
+
+
+@pytest.mark.parametrize("scope, grad_mode", [("last_shared", "fused"), ("shared", "fused"),
+                                              ("shared", "reference")])
+def test_gradnorm_step_in_the_module(scope, grad_mode):
+    """GradNorm's weights get only the GradNorm-loss gradient, whichever path measured the norms (scope=shared
+    under grad_mode=fused goes through the fused two-VJP path); the model gets the w-weighted task gradients."""
+    gn = GradNorm(alpha=1.5, lr=1e-4, min_weight=1e-3, scope=scope)  # lr: g_rul ~ 800 here, SGD on w stays > 0
+    module = train_one_step(gn, grad_mode)
+    _, grads, g = reference_gradients(scope)
+    # first step: w = 1, L = L(0) so r = 1 and target = mean(g); d|g_i - mean(g)| / dw_i = sign(g_i - mean(g)) g_i
+    stepped = 1.0 - 1e-4 * torch.sign(g - g.mean()) * g
+    torch.testing.assert_close(gn.weights.detach(), 2 * stepped / stepped.sum())
+    torch.testing.assert_close(gn.last_norms, g)
+    assert_model_moved_by(module, grads, torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("grad_mode", ["fused", "reference"])
+def test_uncertainty_step_in_the_module(grad_mode):
+    unc = Uncertainty(scales=[0.5, 1.0], lr=0.1)
+    module = train_one_step(unc, grad_mode)
+    losses, grads, _ = reference_gradients("shared")
+    c = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    # s starts at 0: d total / d s_i = -c_i exp(0) L_i + 1/2
+    torch.testing.assert_close(unc.log_vars.detach(), -0.1 * (-c * losses + 0.5))
+    assert_model_moved_by(module, grads, c)  # the model sees weights c_i exp(-s_i) at s = 0
+
+
+# ----------------------------------------------------------------- configs and the CLI
 @pytest.mark.parametrize("preset", ["grid_baseline", "grid_amnl", "grid_gaba_mse", "grid_grace"])
 def test_grid_presets_compose(preset):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -133,12 +232,22 @@ def test_grid_presets_compose(preset):
 
 
 def test_every_controller_through_the_cli(tmp_path, data_cache):
+    env = {**cli_env(data_cache), "OMP_NUM_THREADS": "1"}  # one thread per run: 2 shared cores, no oversubscription
     run = subprocess.run([sys.executable, "-m", "grace_lit.train", "--multirun", f"loss={','.join(LOSSES)}",
-                          "dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                          f"hydra.sweep.dir={tmp_path}"], cwd=REPO, env=cli_env(data_cache), capture_output=True,
-                         text=True, timeout=600)
+                          "dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                          "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = {json.loads(p.read_text())["loss"]: json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")}
-    assert sorted(results) == sorted(LOSSES)
-    assert all(r["status"] == "completed" for r in results.values())
-    assert results["single_task"]["test/health_acc"] is None and results["gaba"]["test/health_acc"] is not None
+    runs = {json.loads((d / "metrics.json").read_text())["loss"]: d for d in tmp_path.iterdir() if d.is_dir()}
+    assert sorted(runs) == sorted(LOSSES)
+    logged = {"gaba": "ema_rul", "amnl": "loss_ema_rul", "gradnorm": "g_rul", "uncertainty": "logvar_rul",
+              "fixed": "weight_rul", "single_task": "weight_rul"}
+    for loss, run_dir in runs.items():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        assert (metrics["test/health_acc"] is None) == (loss == "single_task")  # absent, not zero
+        predictions = pd.read_csv(run_dir / "predictions.csv")
+        assert predictions.health_pred.isna().all() == (loss == "single_task")
+        log = pd.read_csv(run_dir / "controller_log.csv")
+        assert {"weight_rul", "weight_health", logged[loss]} <= set(log.columns)
+        assert f"controller/{logged[loss]}" in pd.read_csv(run_dir / "metrics.csv").columns  # the Lightning logger

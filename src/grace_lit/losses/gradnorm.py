@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from grace_lit.errors import GraceError
 from grace_lit.losses.base import Controller, task_names
 
 
@@ -17,7 +18,8 @@ class GradNorm(Controller):
     def __init__(self, alpha: float, lr: float, min_weight: float, scope: str = "last_shared", n_tasks: int = 2):
         super().__init__(n_tasks)
         if scope not in ("last_shared", "shared"):
-            raise ValueError(f"loss.controller.scope={scope!r} is not one of 'last_shared', 'shared'")
+            raise GraceError(f"loss.controller.scope={scope!r} is not a GradNorm scope. Fix: "
+                             "loss.controller.scope=last_shared (the last backbone layer) or shared (all of it).")
         self.alpha, self.lr, self.min_weight, self.scope = alpha, lr, min_weight, scope
         self.weights = nn.Parameter(torch.ones(n_tasks))
         self.register_buffer("initial_losses", torch.zeros(n_tasks))
