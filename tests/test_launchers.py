@@ -1,10 +1,9 @@
-"""Running at scale: the joblib launcher with the sweep log and both optional loggers, the SLURM launcher and DDP
-configs, and every experiment preset composing to what its name says."""
+"""Running at scale: the joblib launcher with the sweep log, the SLURM launcher and DDP configs, and every
+experiment preset composing to what its name says."""
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -29,35 +28,21 @@ def train(args: list[str], data_cache: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_joblib_multirun_two_jobs_with_both_loggers(tmp_path, data_cache):
-    """Two tiny jobs in parallel: one logs to TensorBoard, one to MLflow; the sweep prints one line per job."""
-    pytest.importorskip("tensorboard")
-    pytest.importorskip("mlflow")
-    run = train(["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "logger=tensorboard,mlflow",
-                 *TINY, f"hydra.sweep.dir={tmp_path}"], data_cache)
+def test_joblib_multirun_two_jobs(tmp_path, data_cache):
+    """Two tiny jobs in parallel processes; the sweep prints one line per finished job."""
+    run = train(["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2", *TINY,
+                 f"hydra.sweep.dir={tmp_path}"], data_cache)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in run.stderr + run.stdout
     jobs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
-    assert [json.loads((j / "metrics.json").read_text())["status"] for j in jobs] == ["completed"] * 2
+    results = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    assert [(r["status"], r["seed"]) for r in results] == [("completed", 1), ("completed", 2)]
     lines = sorted(line for line in run.stdout.splitlines() if line.startswith("[job "))
     assert len(lines) == 2, run.stdout[-2000:]
-    for num, line in enumerate(lines):
-        rmse = json.loads((jobs[num] / "metrics.json").read_text())["test/rmse_last"]
-        assert re.match(rf"\[job {num}\] dataset=FD001 loss=gaba rul_loss=wmse protocol=paper seed=42 "
-                        rf"test/rmse_last={rmse:.4g} test/nasa=\S+ wall_time_s=\S+ completed$", line), line
-
-    tensorboard, mlflow = jobs
-    assert list((tensorboard / "tensorboard").glob("events.out.tfevents.*"))
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(tensorboard / "tensorboard")).Reload()
-    assert {"train/loss_rul", "test/rmse_last", "lr"} <= set(events.Tags()["scalars"])
-    with sqlite3.connect(mlflow / "mlflow.db") as db:
-        keys = {k for (k,) in db.execute("select distinct key from metrics")}
-        tags = dict(db.execute("select key, value from tags"))
-    assert {"train/loss_rul", "test/rmse_last", "lr"} <= keys
-    assert (tags["dataset"], tags["controller"], tags["seed"]) == ("FD001", "gaba", "42")
-    for job in jobs:  # the CSV logger stays on: the report's plots read metrics.csv
-        assert (job / "metrics.csv").is_file()
+    for num, (line, result) in enumerate(zip(lines, results)):
+        assert re.match(rf"\[job {num}\] dataset=FD001 loss=gaba rul_loss=wmse protocol=paper seed={num + 1} "
+                        rf"test/rmse_last={result['test/rmse_last']:.4g} test/nasa=\S+ wall_time_s=\S+ completed$",
+                        line), line
 
 
 def test_sweep_line_of_a_failed_job():
