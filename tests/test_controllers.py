@@ -232,11 +232,10 @@ def test_grid_presets_compose(preset):
 
 
 def test_every_controller_through_the_cli(tmp_path, data_cache):
-    env = {**cli_env(data_cache), "OMP_NUM_THREADS": "1"}  # one thread per run: 2 shared cores, no oversubscription
     run = subprocess.run([sys.executable, "-m", "grace_lit.train", "--multirun", f"loss={','.join(LOSSES)}",
                           "dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
                           "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path}"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                         cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     runs = {json.loads((d / "metrics.json").read_text())["loss"]: d for d in tmp_path.iterdir() if d.is_dir()}
     assert sorted(runs) == sorted(LOSSES)
