@@ -1,6 +1,11 @@
-"""Atomic file writes: a crash leaves the previous file or the new one, never half of either."""
+"""Atomic file writes: a crash leaves the previous file or the new one, never half of either.
+
+Each write goes to a temporary file in the target's own directory (same filesystem, so the final ``os.replace``
+is a rename, atomic on POSIX), is flushed to disk, then renamed over the target.
+"""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -8,21 +13,34 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -31,3 +49,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with the temporary file next to the checkpoint.
+
+    Lightning's own ``_atomic_save`` stages the file in the system temp directory and ``shutil.move``s it: a
+    rename only when that directory shares the run directory's filesystem, otherwise a copy that a kill can cut
+    in half (a node-local /tmp and a network run directory, the usual cluster layout). Remote URLs keep
+    Lightning's path.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())

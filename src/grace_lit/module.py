@@ -12,6 +12,7 @@ exists. ``grad_mode`` chooses how a controller that wants norms on all shared pa
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -19,6 +20,8 @@ import lightning as L
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from grace_lit.errors import GraceError
@@ -66,6 +69,8 @@ class GraceModule(L.LightningModule):
             "health_acc": Accuracy(last_only=True), "health_acc_all": Accuracy(last_only=False),
         })
         self.nonfinite_skips = 0
+        self.prior_wall_time_s = 0.0  # of the runs this one resumed, up to their last checkpoint
+        self._clock_start = time.time()
         self._pending: tuple[torch.Tensor, torch.Tensor, int, int] | None = None  # see _finite_or_skip
         self.test_predictions: pd.DataFrame | None = None
         self._predictions: list[torch.Tensor] = []
@@ -217,6 +222,12 @@ class GraceModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._check_pending()  # before the file is written
         checkpoint["nonfinite_skips"] = self.nonfinite_skips
+        checkpoint["wall_time_s"] = self.prior_wall_time_s + time.time() - self._clock_start
+        # saved at the epoch end, after the evaluation: what the next epoch's shuffle and dropout draw from
+        checkpoint["rng_states"] = _collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_skips = checkpoint.get("nonfinite_skips", 0)
+        if self.trainer.state.fn == TrainerFn.FITTING and "rng_states" in checkpoint:  # resume, not trainer.test
+            self.prior_wall_time_s = checkpoint["wall_time_s"]
+            _set_rng_states(checkpoint["rng_states"])  # nothing draws again before the train loader's iterator

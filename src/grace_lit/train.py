@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from grace_lit.config import validate
 from grace_lit.errors import GraceError
+from grace_lit.io import AtomicCheckpointIO
 from grace_lit.module import GraceModule
 from grace_lit.results import run_summary, write_failure, write_results
 
@@ -32,7 +33,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Traine
                          on_nonfinite=cfg.on_nonfinite, eval_prefix=cfg.protocol.eval_prefix)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null drops a stage (presets)
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     return data, module, trainer
 
 
@@ -49,10 +50,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resume_from = str(last) if cfg.resume and last.is_file() else None
     if cfg.resume and resume_from is None:
         log.warning("resume=true but %s does not exist: starting from scratch", last)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=False)  # our own file (RNG states)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=data, ckpt_path=best or None, weights_only=False, verbose=False)
-    summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=time.time() - start)
+    wall_time_s = time.time() - start + module.prior_wall_time_s  # a resumed run adds the time before its checkpoint
+    summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=wall_time_s)
     write_results(out_dir, summary, module.test_predictions)
     log.info("[%s | protocol=%s] test rmse_last=%.3f nasa=%.1f (best epoch %s of %s) -> %s", cfg.dataset.name,
              cfg.protocol.name, summary["test/rmse_last"], summary["test/nasa"], summary["best_epoch"],

@@ -28,7 +28,9 @@ class EMAWeights(L.Callback):
             self.shadow = [p.detach().clone() for p in params]
         else:  # restored from a checkpoint
             self.shadow = [s.to(p.device, p.dtype) for s, p in zip(self.shadow, params)]
-        self._seen_step = trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen_step = trainer.global_step  # here, not in on_fit_start: a resumed step count is restored by now
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step == self._seen_step:  # no optimizer step this batch (skipped)

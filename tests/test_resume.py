@@ -1,0 +1,95 @@
+"""Resume after SIGKILL and same-seed reruns give exactly the same numbers on CPU (real CLI, subprocesses).
+
+Three runs of one command start together: A and C run through, B is killed with SIGKILL during its second
+epoch and resumed from ``checkpoints/last.ckpt``. The settings make every piece of state matter within four
+short epochs: GABA past its warmup (EMA weights), LR warmup done after one epoch so the plateau scheduler steps
+(patience 0), a fast EMA shadow (decay 0.5, used for every evaluation), dropout and a shuffled loader.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, cli_env
+
+EPOCHS = 4
+ARGS = ["dataset=FD001", "model=small", f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.batch_size=64",
+        "loss.controller.warmup_steps=4", "callbacks.lr_warmup.epochs=1", "callbacks.plateau.patience=0",
+        "callbacks.ema.decay=0.5", "callbacks.early_stopping.patience=2"]
+
+
+def start(run_dir: Path, data_cache: Path, *extra: str) -> subprocess.Popen:
+    env = {**cli_env(data_cache), "OMP_NUM_THREADS": "1"}  # the numbers depend on the thread count; keep one
+    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
+        return subprocess.Popen([sys.executable, "-m", "grace_lit.train", *ARGS, f"hydra.run.dir={run_dir}", *extra],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def finish(proc: subprocess.Popen, run_dir: Path) -> None:
+    assert proc.wait(timeout=300) == 0, (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> dict:
+    base = tmp_path_factory.mktemp("resume")
+    a, b, c = (base / name for name in "ABC")
+    procs = {name: start(path, data_cache) for name, path in (("A", a), ("B", b), ("C", c))}
+    last = b / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and procs["B"].poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    os.kill(procs["B"].pid, signal.SIGKILL)
+    assert procs["B"].wait() == -signal.SIGKILL
+    assert not (b / "metrics.json").exists()  # killed before the end
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] <= EPOCHS - 2  # at least one whole epoch is redone after the resume
+    resumed = start(b, data_cache, "resume=true")
+    for name, path in (("A", a), ("C", c)):
+        finish(procs[name], path)
+    finish(resumed, b)
+    return {"A": a, "B": b, "C": c, "killed_checkpoint": checkpoint}
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def numbers(run_dir: Path) -> dict:
+    return {k: v for k, v in metrics(run_dir).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "wall_time_s"}
+
+
+def test_killed_and_resumed_run_ends_with_identical_metrics(runs):
+    a, b = numbers(runs["A"]), numbers(runs["B"])
+    assert {"test/rmse_last", "test/nasa", "test/health_acc", "selection_score", "best_epoch"} <= set(a)
+    assert a == b  # exact equality of every number
+    assert metrics(runs["B"])["epochs_run"] == EPOCHS
+
+
+def test_resumed_run_restores_controller_log_and_predictions(runs):
+    for name in ("controller_log.csv", "predictions.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(runs["A"] / name), pd.read_csv(runs["B"] / name), check_exact=True)
+    log = pd.read_csv(runs["B"] / "controller_log.csv")
+    assert log.epoch.tolist() == list(range(EPOCHS)) and log.weight_rul.nunique() > 1  # GABA past its warmup
+
+
+def test_wall_time_adds_up_across_the_resume(runs):
+    before = runs["killed_checkpoint"]["wall_time_s"]
+    assert 0 < before < metrics(runs["B"])["wall_time_s"]
+
+
+def test_same_command_and_seed_is_bit_identical(runs):
+    assert numbers(runs["A"]) == numbers(runs["C"])
+    for name in ("controller_log.csv", "predictions.csv", "metrics.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(runs["A"] / name), pd.read_csv(runs["C"] / name), check_exact=True)
