@@ -1,7 +1,8 @@
-"""Bad input stops with one message naming the problem, where it is (key, file, line) and the fix.
+"""Bad input stops with one message naming the problem, where it is (key, file, line, step) and the fix.
 
 Config values are checked on the composed Hydra config before any data is read; data faults use corrupted
-copies of the real NASA files; the CLI turns either into one clean line and exit code 1.
+copies of the real NASA files; the CLI turns either into one clean line and exit code 1. Non-finite training
+steps are injected through the data (a NaN sensor row, an infinite target) into a real lightning.Trainer.
 """
 from __future__ import annotations
 
@@ -9,16 +10,27 @@ import json
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Subset
 
 from conftest import REPO, cli_env
 from grace_lit.config import validate
 from grace_lit.data.archive import expected_checksums, verify
+from grace_lit.data.windows import UnitSeries, WindowSet, batch_as_is
 from grace_lit.errors import GraceError
+from grace_lit.losses.gaba import GABA
+from grace_lit.losses.rul import WMSE
+from grace_lit.module import GraceModule
 from test_data import reader
+from test_module import tiny_model
 
 FD001 = ("train_FD001.txt", "test_FD001.txt", "RUL_FD001.txt")
 RESTORE = "Fix: restore the original NASA file"
@@ -153,3 +165,57 @@ def test_cli_data_fault_prints_one_message_and_exits_1(copy, data_cache, tmp_pat
     failed = json.loads((out / "metrics.json").read_text())
     assert failed["status"] == "failed" and "line 3" in failed["error"]
 
+
+
+# ----------------------------------------------------------------------------------------------- non-finite steps
+BATCH = 4  # 16 windows (2 units x 8), 4 batches per epoch, in order
+
+
+def series(nan_row: int | None = None, inf_rul_row: int | None = None) -> WindowSet:
+    """Unit 1's row ``nan_row`` (sensors) or ``inf_rul_row`` (target) made non-finite. Windows start at rows
+    0..7 of each unit (window 5): a row r of unit 1 is inside windows max(0, r - 4)..min(r, 7)."""
+    rng = np.random.default_rng(1)
+    units = [UnitSeries(u, rng.normal(size=(12, 3)).astype(np.float32),
+                        np.linspace(100, 0, 12).astype(np.float32)) for u in (1, 2)]
+    if nan_row is not None:
+        units[0].features[nan_row, 1] = np.nan
+    if inf_rul_row is not None:
+        units[0].rul[inf_rul_row] = np.inf
+    return WindowSet(units, window=5, stride=1, pad_mode="edge", health_thresholds=[30, 70])
+
+
+def fit(data, on_nonfinite: str, tmp_path: Path, max_epochs: int = 3) -> tuple[GraceModule, L.Trainer]:
+    module = GraceModule(tiny_model(), GABA(beta=0.5, warmup_steps=0, min_weight=0.05), WMSE(125.0),
+                         partial(torch.optim.AdamW, lr=1e-2), grad_clip=1.0, on_nonfinite=on_nonfinite)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=max_epochs, precision="64-true", logger=False,
+                        callbacks=[checkpoint], enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(data, batch_size=BATCH, collate_fn=batch_as_is))
+    return module, trainer
+
+
+@pytest.mark.parametrize("corrupt, first_bad", [(dict(nan_row=9), 1), (dict(inf_rul_row=3), 0)])
+def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, corrupt, first_bad):
+    # NaN sensor row 9: windows 5-7 (batch 1); infinite target at row 3: window 3's target (batch 0)
+    with pytest.raises(GraceError) as err:
+        fit(series(**corrupt), "raise", tmp_path)
+    message = str(err.value)
+    assert f"at step {first_bad} (epoch 0" in message
+    assert "Last good checkpoint: none written yet" in message and "on_nonfinite=skip" in message
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # no checkpoint of non-finite weights
+
+
+def test_skip_leaves_no_trace_and_counts_the_skips(tmp_path):
+    # NaN sensor row 6 of unit 1: windows 2..6, i.e. batches 0 and 1 of every epoch (BatchNorm spreads a NaN
+    # over its whole batch); only batches 2 and 3 (unit 2) are finite
+    module, trainer = fit(series(nan_row=6), "skip", tmp_path / "skip")
+    clean, _ = fit(Subset(series(), range(8, 16)), "raise", tmp_path / "clean")  # unit 2 only, same batches
+    assert module.nonfinite_skips == 2 * 3 and trainer.global_step == 2 * 3
+    # every parameter, BatchNorm statistic, controller EMA and counter equals training on the clean batches alone
+    reference = clean.state_dict()
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, reference[key], rtol=0, atol=0, msg=key)
+    assert module.controller._steps == 6
+    saved = torch.load(tmp_path / "skip" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["nonfinite_skips"] == 6  # metrics.json reports module.nonfinite_skips; a resume keeps counting

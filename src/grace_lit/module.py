@@ -156,6 +156,7 @@ class GraceModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, rul, health = batch[0], batch[1], batch[2]
         opt = self.optimizers()
+        before = self._state_snapshot() if self.on_nonfinite == "skip" else None
         features = self.model.backbone(x)
         rul_pred, logits = self.model.heads(features)
         losses = torch.stack([self.rul_loss(rul_pred, rul), F.cross_entropy(logits, health)])
@@ -165,8 +166,23 @@ class GraceModule(L.LightningModule):
         if self._finite_or_skip(losses, total_norm):
             opt.step()
             self.controller.after_step()
-        self.log_dict({"train/loss_rul": losses[0], "train/loss_health": losses[1], "train/grad_norm": total_norm},
-                      on_step=False, on_epoch=True)
+            self.log_dict({"train/loss_rul": losses[0], "train/loss_health": losses[1],
+                           "train/grad_norm": total_norm}, on_step=False, on_epoch=True)
+        else:
+            self._restore_snapshot(before)
+
+    def _state_snapshot(self) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """What the forward and the controller change besides the parameters (BatchNorm statistics, controller
+        EMAs and counters): a skipped step must leave no NaN in them."""
+        return ([b.clone() for b in self.model.buffers()],
+                {k: v.clone() for k, v in self.controller.state_dict().items()})
+
+    def _restore_snapshot(self, snapshot: tuple[list[torch.Tensor], dict[str, torch.Tensor]]) -> None:
+        buffers, controller = snapshot
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
+        self.controller.load_state_dict(controller)  # also resets host mirrors (GABA's step count)
 
     def on_train_epoch_end(self) -> None:
         self._check_pending()

@@ -28,6 +28,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Traine
     """Instantiate data, model, controller, callbacks, loggers and trainer from a composed config."""
     data = instantiate(cfg.data, source=instantiate(cfg.dataset))
     model = instantiate(cfg.model)
+    if cfg.compile:
+        model.backbone.compile()  # in place: parameter names and the module's calls stay as they are
     module = GraceModule(model=model, controller=instantiate(cfg.loss.controller), rul_loss=instantiate(cfg.rul_loss.fn),
                          optimizer=instantiate(cfg.optimizer), grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode,
                          on_nonfinite=cfg.on_nonfinite, eval_prefix=cfg.protocol.eval_prefix)

@@ -21,11 +21,18 @@ class ControllerLog(L.Callback):
         self.rows: list[dict[str, float]] = []
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
+        self._seen_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen_step = trainer.global_step
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sums, self._counts = {}, {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self._seen_step:  # a skipped (non-finite) step: its values are not the run's
+            return
+        self._seen_step = trainer.global_step
         for key, value in pl_module.controller.log_values().items():
             value = value.detach().float()
             self._sums[key] = self._sums[key] + value if key in self._sums else value
