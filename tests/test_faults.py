@@ -172,8 +172,9 @@ BATCH = 4  # 16 windows (2 units x 8), 4 batches per epoch, in order
 
 
 def series(nan_row: int | None = None, inf_rul_row: int | None = None) -> WindowSet:
-    """Unit 1's row ``nan_row`` (sensors) or ``inf_rul_row`` (target) made non-finite. Windows start at rows
-    0..7 of each unit (window 5): a row r of unit 1 is inside windows max(0, r - 4)..min(r, 7)."""
+    """Unit 1's row ``nan_row`` (sensors) or ``inf_rul_row`` (target) made non-finite. Windows end at rows
+    4..11 of each unit (window 5; window i ends at row i + 4 and is its target): a row r of unit 1 is inside
+    windows max(0, r - 4)..min(r, 7)."""
     rng = np.random.default_rng(1)
     units = [UnitSeries(u, rng.normal(size=(12, 3)).astype(np.float32),
                         np.linspace(100, 0, 12).astype(np.float32)) for u in (1, 2)]
@@ -195,9 +196,9 @@ def fit(data, on_nonfinite: str, tmp_path: Path, max_epochs: int = 3) -> tuple[G
     return module, trainer
 
 
-@pytest.mark.parametrize("corrupt, first_bad", [(dict(nan_row=9), 1), (dict(inf_rul_row=3), 0)])
+@pytest.mark.parametrize("corrupt, first_bad", [(dict(nan_row=9), 1), (dict(inf_rul_row=7), 0)])
 def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, corrupt, first_bad):
-    # NaN sensor row 9: windows 5-7 (batch 1); infinite target at row 3: window 3's target (batch 0)
+    # NaN sensor row 9: windows 5-7 (batch 1); infinite target at row 7: window 3's target (batch 0)
     with pytest.raises(GraceError) as err:
         fit(series(**corrupt), "raise", tmp_path)
     message = str(err.value)
