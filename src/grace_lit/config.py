@@ -5,13 +5,17 @@ from collections.abc import Callable
 from typing import Any
 
 from hydra.utils import get_class
+import omegaconf
 from omegaconf import DictConfig, OmegaConf
 
 from grace_lit.data.datamodule import PROTOCOLS
 from grace_lit.errors import GraceError
 
-OmegaConf.register_new_resolver("len", lambda seq: len(seq), replace=True)
-OmegaConf.register_new_resolver("n_states", lambda thresholds: len(thresholds) + 1, replace=True)
+# omegaconf 2.4 deprecates register_new_resolver for register_resolver, whose 2.3 namesake is the legacy API
+_register = (OmegaConf.register_resolver if tuple(map(int, omegaconf.__version__.split(".")[:2])) >= (2, 4)
+             else OmegaConf.register_new_resolver)
+_register("len", lambda seq: len(seq), replace=True)
+_register("n_states", lambda thresholds: len(thresholds) + 1, replace=True)
 
 
 def _is_int(value: Any) -> bool:
