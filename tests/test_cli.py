@@ -51,3 +51,20 @@ def test_unknown_dataset_lists_choices(tmp_path, data_cache):
     run = train(["dataset=FD009", f"hydra.run.dir={tmp_path}"], data_cache)
     assert run.returncode != 0
     assert "FD001" in run.stderr and "FD009" in run.stderr
+
+
+def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, data_cache):
+    """The bad job runs first; the good one still runs, and the report lists the bad one with its error."""
+    run = train(["--multirun", "optimizer.lr=-1,1e-3", *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}"],
+                data_cache)
+    assert run.returncode != 0  # Hydra reports the sweep as failed once every job has run
+    assert "optimizer.lr" in run.stdout + run.stderr
+    results = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")}
+    assert {name.split("_")[0]: m["status"] for name, m in results.items()} == {"0": "failed", "1": "completed"}
+    report = subprocess.run([sys.executable, "-m", "grace_lit.report", str(tmp_path), "--no-plots"], cwd=REPO,
+                            env=cli_env(data_cache), capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr[-3000:]
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    failed = runs[runs.status == "failed"]
+    assert len(failed) == 1 and "optimizer.lr" in failed.error.iloc[0]
+    assert "failed" in (tmp_path / "report.md").read_text()

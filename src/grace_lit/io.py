@@ -5,6 +5,7 @@ is a rename, atomic on POSIX), is flushed to disk, then renamed over the target.
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -14,7 +15,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 def _umask() -> int:
@@ -66,3 +70,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
+
+
+class AtomicCSVWriter(ExperimentWriter):
+    """Lightning's metrics.csv writer, replacing the whole file on every save.
+
+    Lightning's appends rows in place and, when a new column appears, truncates and rewrites the file: a kill can
+    leave half a row or an empty file. This one keeps every row of the run and writes them all atomically, in
+    Lightning's format (sorted columns, empty cells for values a row lacks).
+    """
+
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        self.rows: list[dict[str, Any]] = []
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self.rows += self.metrics
+        self.metrics = []
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=sorted(set().union(*self.rows)))
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.metrics_file_path, text.getvalue())
+
+
+class AtomicCSVLogger(CSVLogger):
+    """``lightning.pytorch.loggers.CSVLogger`` with :class:`AtomicCSVWriter` (conf/logger/csv.yaml)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AtomicCSVWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AtomicCSVWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -1,4 +1,7 @@
-"""Evaluation metrics as torchmetrics ``Metric`` classes (sum states, so DDP reduction is exact).
+"""Evaluation metrics as torchmetrics ``Metric`` classes with sum states.
+
+Never reduced over ranks: under DDP every rank scores the whole evaluation set (the datamodule shards the training
+set only), so each rank's numbers are already the full set's; a cross-rank sum would count every window W times.
 
 Each takes a mask ``is_last`` marking the last window of every unit: ``last_only=True`` scores those windows
 (the NASA test protocol), ``last_only=False`` scores every window.
@@ -19,7 +22,7 @@ class _Masked(Metric):
     full_state_update = False
 
     def __init__(self, last_only: bool):
-        super().__init__()
+        super().__init__(sync_on_compute=False)
         self.last_only = last_only
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")

@@ -9,10 +9,16 @@ exists. ``grad_mode`` chooses how a controller that wants norms on all shared pa
   the weighted sum.
 * ``approx``: norms of the gradients w.r.t. the backbone *output* (one cheap pass through the heads), then one
   backward. Not the spec's GABA: an opt-in approximation.
+
+Under DDP every rank's controller sees the global batch: the losses, and the per-task gradients that
+``autograd.grad`` builds outside DDP's all-reduce hooks, are averaged over ranks (``grace_lit.distributed``); the
+single-backward paths (``manual_backward``) leave the gradient average to DDP. So every rank computes the same
+weights and applies the same update, as one process would on the concatenated batches.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -25,12 +31,16 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from grace_lit.errors import GraceError
-from grace_lit.losses.base import Controller, grad_norm, task_grad_norms
+from grace_lit.distributed import average_across_ranks, world_size
+from grace_lit.losses.base import Controller, grad_norm, task_grads
 from grace_lit.metrics import RMSE, Accuracy, NASAScore
 from grace_lit.models.dual_task import DualTaskModel
 
 GRAD_MODES = ("fused", "reference", "approx")
 NONFINITE_ACTIONS = ("raise", "skip")
+# Under DDP every value this module and its callbacks log is already the same on every rank (the global batch's
+# losses, each rank scoring the whole evaluation set): Lightning's advice to reduce them over ranks does not apply.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True")
 
 
 def weighted_sum(grads: list[tuple[torch.Tensor | None, ...]], weights: torch.Tensor) -> list[torch.Tensor | None]:
@@ -92,32 +102,54 @@ class GraceModule(L.LightningModule):
     def _trainable(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def _backward(self, losses: torch.Tensor, features: torch.Tensor) -> None:
+    def _backward(self, losses: torch.Tensor, synced: torch.Tensor, features: torch.Tensor) -> None:
+        """Set every trainable parameter's gradient for this step. ``synced``: the detached losses of the global
+        batch (this rank's own in a single process), what the controller sees."""
         scope = self.controller.norm_scope()
         if scope == "shared" and self.grad_mode == "fused":
-            return self._fused_backward(losses)
+            return self._fused_backward(losses, synced)
         if scope == "shared" and self.grad_mode == "approx":
             scope = "features"
         inputs = {"none": None, "shared": self.model.shared_parameters,
                   "last_shared": self.model.last_shared_parameters, "features": lambda: [features]}[scope]
-        norms = None if inputs is None else task_grad_norms(losses, inputs())
-        weights, aux = self.controller(losses, norms)
-        objective = (weights * losses).sum()
+        norms = None if inputs is None else self._synced_norms(losses, inputs(), per_sample=scope == "features")
+        weights, aux = self.controller(synced, norms)
+        objective = (weights * losses).sum()  # this rank's losses: DDP averages the gradients in manual_backward
         self.manual_backward(objective if aux is None else objective + aux)
 
-    def _fused_backward(self, losses: torch.Tensor) -> None:
+    @staticmethod
+    def _synced_norms(losses: torch.Tensor, inputs: list[torch.Tensor], per_sample: bool) -> torch.Tensor:
+        """Per-task gradient norms of the global batch's losses, identical on every rank (graph retained).
+
+        Parameter gradients are averaged over ranks before the norm. Gradients w.r.t. activations are per sample:
+        the global loss is the mean of the W ranks' losses, so its gradient on this rank's activations is 1/W of
+        the local one and the squared norms add up over ranks: norm^2 = mean_r(norm_r^2) / W.
+        """
+        grads = task_grads(losses, inputs)
+        if not per_sample:
+            return torch.stack([grad_norm(average_across_ranks(task)) for task in grads])
+        norms, ranks = torch.stack([grad_norm(task) for task in grads]), world_size()
+        return norms if ranks == 1 else (average_across_ranks([norms.square()])[0] / ranks).sqrt()
+
+    def _fused_backward(self, losses: torch.Tensor, synced: torch.Tensor) -> None:
         params = self._trainable()
         shared = {id(p) for p in self.model.shared_parameters()}
         last = len(losses) - 1
-        grads = [torch.autograd.grad(loss, params, retain_graph=i < last, allow_unused=True)
+        # autograd.grad never fires DDP's all-reduce hooks: the per-task gradients are averaged over ranks here,
+        # so the norms, the weights and the assembled gradients are the global batch's on every rank
+        grads = [average_across_ranks(torch.autograd.grad(loss, params, retain_graph=i < last, allow_unused=True))
                  for i, loss in enumerate(losses)]
         norms = torch.stack([grad_norm([g for g, p in zip(task, params) if id(p) in shared]) for task in grads])
-        weights, aux = self.controller(losses.detach(), norms)
+        weights, aux = self.controller(synced, norms)
         for p, g in zip(params, weighted_sum(grads, weights.detach())):
             p.grad = g
         if weights.requires_grad or aux is not None:  # the controller's own parameters
-            objective = (weights * losses.detach()).sum()
-            (objective if aux is None else objective + aux).backward()
+            # from the global losses: the same gradient on every rank. autograd.grad, not backward(): DDP's hooks
+            # on these parameters alone would leave its reduction half done and fail the next step
+            objective = (weights * synced).sum()
+            own = [p for p in self.controller.parameters() if p.requires_grad]
+            for p, g in zip(own, torch.autograd.grad(objective if aux is None else objective + aux, own)):
+                p.grad = g
 
     def _finite_or_skip(self, losses: torch.Tensor, total_norm: torch.Tensor) -> bool:
         """Whether to apply this step's update; stops (raise) or skips (skip) on a NaN/inf loss or gradient.
@@ -160,13 +192,15 @@ class GraceModule(L.LightningModule):
         features = self.model.backbone(x)
         rul_pred, logits = self.model.heads(features)
         losses = torch.stack([self.rul_loss(rul_pred, rul), F.cross_entropy(logits, health)])
+        # under DDP the mean of the ranks' mean losses (equal per-rank batches): the global batch's, on every rank
+        synced = average_across_ranks([losses.detach()])[0]
         opt.zero_grad(set_to_none=True)
-        self._backward(losses, features)
+        self._backward(losses, synced, features)
         total_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
-        if self._finite_or_skip(losses, total_norm):
+        if self._finite_or_skip(synced, total_norm):  # the same decision on every rank
             opt.step()
             self.controller.after_step()
-            self.log_dict({"train/loss_rul": losses[0], "train/loss_health": losses[1],
+            self.log_dict({"train/loss_rul": synced[0], "train/loss_health": synced[1],
                            "train/grad_norm": total_norm}, on_step=False, on_epoch=True)
         else:
             self._restore_snapshot(before)

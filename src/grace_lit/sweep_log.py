@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,14 @@ def job_line(job: str, result: dict[str, Any] | None, fields: list[str], elapsed
     status = result.get("status", "failed" if error is not None else "completed")
     line = f"[job {job}] {values} {status}"
     if error is not None or status == "failed":
-        message = str(result.get("error") or error).strip().splitlines()
-        line += f": {message[0] if message else type(error).__name__} (after {elapsed_s:.1f}s)"
+        line += f": {problem(str(result.get('error') or error)) or type(error).__name__} (after {elapsed_s:.1f}s)"
     return line
+
+
+def problem(message: str) -> str:
+    """An error message on one line, without its fix: 'Invalid configuration: optimizer.lr=-1: must be > 0'."""
+    lines = [part.strip() for part in message.strip().splitlines()]
+    return " ".join(takewhile(lambda part: not part.startswith("Fix:"), lines))
 
 
 class SweepLog(Callback):

@@ -57,6 +57,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=data, ckpt_path=best or None, weights_only=False, verbose=False)
     wall_time_s = time.time() - start + module.prior_wall_time_s  # a resumed run adds the time before its checkpoint
     summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=wall_time_s)
+    if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
+        return summary
     write_results(out_dir, summary, module.test_predictions)
     log.info("[%s | protocol=%s] test rmse_last=%.3f nasa=%.1f (best epoch %s of %s) -> %s", cfg.dataset.name,
              cfg.protocol.name, summary["test/rmse_last"], summary["test/nasa"], summary["best_epoch"],

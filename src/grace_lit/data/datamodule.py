@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from grace_lit.data.cmapss import Splits
 from grace_lit.data.preprocess import split_units
@@ -70,8 +70,18 @@ class RULDataModule(L.LightningDataModule):
             if part is not None:
                 part.to(device)  # once per run: a few MB even for FD004
 
+    def _train_sampler(self, data: WindowSet) -> Sampler[int]:
+        """Under DDP each rank draws its own equal share of a seeded shuffle (Lightning sets its epoch); the
+        evaluation sets are never split: every rank scores all of them (``use_distributed_sampler: false`` in
+        conf/trainer/default.yaml), so there is no padding duplicate and nothing to gather."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return RandomSampler(data)
+        return DistributedSampler(data, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True,
+                                  seed=self.seed)
+
     def _loader(self, data: WindowSet, train: bool) -> DataLoader:
-        sampler = RandomSampler(data) if train else SequentialSampler(data)
+        sampler = self._train_sampler(data) if train else SequentialSampler(data)
         batches = DeviceBatchSampler(sampler, self.batch_size if train else self.eval_batch_size, drop_last=False,
                                      device=data.starts.device)
         return DataLoader(data, batch_sampler=batches, collate_fn=batch_as_is, num_workers=0, pin_memory=False)

@@ -52,9 +52,6 @@ def grad_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
 
 
-def task_grad_norms(losses: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-task gradient norms of ``losses`` w.r.t. ``inputs`` (parameters or activations), graph retained."""
-    return torch.stack([
-        grad_norm(torch.autograd.grad(loss, list(inputs), retain_graph=True, allow_unused=True))
-        for loss in losses
-    ])
+def task_grads(losses: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor | None, ...]]:
+    """Per-task gradients of ``losses`` w.r.t. ``inputs`` (parameters or activations), graph retained."""
+    return [torch.autograd.grad(loss, list(inputs), retain_graph=True, allow_unused=True) for loss in losses]
