@@ -63,6 +63,7 @@ def test_defaults_and_presets_are_valid():
     ("protocol.name=oracle", "protocol.name='oracle'", "one of ['paper', 'holdout']"),
     ("data.batch_size=0", "data.batch_size=0", "an integer >= 1"),
     ("data.eval_batch_size=-5", "data.eval_batch_size=-5", "an integer >= 1"),
+    ("accumulate=0", "accumulate=0", "an integer >= 1"),
 ])
 def test_bad_config_value_names_key_and_range(override, key, allowed):
     with pytest.raises(GraceError) as err:

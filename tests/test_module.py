@@ -36,38 +36,44 @@ def tiny_batch() -> WindowSet:
     return WindowSet(units, window=5, stride=1, pad_mode="edge", health_thresholds=[30, 70])
 
 
-def one_step(grad_mode: str, warmup_steps: int = 0) -> tuple[DualTaskModel, GABA]:
+def one_step(grad_mode: str, warmup_steps: int = 0, accumulate: int = 1) -> tuple[DualTaskModel, GABA]:
+    """One optimizer step over the whole tiny set, fed as ``accumulate`` equal batches."""
     model, data = tiny_model(), tiny_batch()
     gaba = GABA(beta=0.0, warmup_steps=warmup_steps, min_weight=0.05)
     module = GraceModule(model, gaba, WMSE(125.0), partial(torch.optim.SGD, lr=1.0), grad_clip=1e12,
-                         grad_mode=grad_mode)
+                         grad_mode=grad_mode, accumulate=accumulate)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, precision="64-true", logger=False, callbacks=[],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0)
-    trainer.fit(module, DataLoader(data, batch_size=len(data), collate_fn=batch_as_is))
+    trainer.fit(module, DataLoader(data, batch_size=len(data) // accumulate, collate_fn=batch_as_is))
+    assert trainer.global_step == 1
     return model, gaba
 
 
-def expected_step(warm: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Independent reference: per-task gradients, GABA's closed form with beta = 0, the weighted sum."""
+def expected_step(warm: bool, parts: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Independent reference: per batch (``parts`` equal slices, each its own forward), the per-task gradients,
+    GABA's closed form with beta = 0 and the weighted sum; the step is minus the mean over the batches. Returns
+    the parameters after the step and the last batch's weights."""
     model, data = tiny_model(), tiny_batch()
-    x, rul, health, _, _ = data.__getitems__(list(range(len(data))))
-    rul_pred, logits = model(x.double())
-    losses = [WMSE(125.0)(rul_pred, rul.double()), F.cross_entropy(logits, health)]
     params = list(model.parameters())
-    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
     n_shared = len(list(model.backbone.parameters()))
-    g = torch.stack([torch.sqrt(sum((gi ** 2).sum() for gi in task[:n_shared])) for task in grads])
-    if warm:
-        w = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    else:
-        raw = torch.stack([g[1], g[0]]) / g.sum()
-        floored = raw.clamp(min=0.05)
-        w = floored / floored.sum()
     before = [p.detach().clone() for p in params]
-    after = [p0 - (w[0] * (g0 if g0 is not None else 0) + w[1] * (g1 if g1 is not None else 0))
-             for p0, g0, g1 in zip(before, *grads)]
-    return after, w
+    step = [torch.zeros_like(p) for p in params]
+    for rows in np.array_split(np.arange(len(data)), parts):
+        x, rul, health, _, _ = data.__getitems__(rows.tolist())
+        rul_pred, logits = model(x.double())
+        losses = [WMSE(125.0)(rul_pred, rul.double()), F.cross_entropy(logits, health)]
+        grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
+        g = torch.stack([torch.sqrt(sum((gi ** 2).sum() for gi in task[:n_shared])) for task in grads])
+        if warm:
+            w = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        else:
+            raw = torch.stack([g[1], g[0]]) / g.sum()
+            floored = raw.clamp(min=0.05)
+            w = floored / floored.sum()
+        for s, g0, g1 in zip(step, *grads):
+            s += (w[0] * (g0 if g0 is not None else 0) + w[1] * (g1 if g1 is not None else 0)) / parts
+    return [p0 - s for p0, s in zip(before, step)], w
 
 
 @pytest.mark.parametrize("grad_mode", ["fused", "reference"])
@@ -93,3 +99,30 @@ def test_fused_matches_three_pass_reference():
     torch.testing.assert_close(g_fused.last_weights, g_ref.last_weights, rtol=1e-6, atol=0)
     for a, b in zip(fused.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("grad_mode", ["fused", "reference"])
+def test_accumulated_step_is_the_mean_of_the_batches_weighted_sums(grad_mode):
+    """accumulate=2 (spec 003): GABA weighs each batch's losses with that batch's norms, the step uses the mean of
+    the two weighted gradients."""
+    model, gaba = one_step(grad_mode, accumulate=2)
+    after, w_last = expected_step(warm=False, parts=2)
+    torch.testing.assert_close(gaba.last_weights, w_last, rtol=1e-9, atol=0)
+    for p, e in zip(model.parameters(), after):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-12)
+    single, _ = expected_step(warm=False, parts=1)
+    assert max((a - b).abs().max() for a, b in zip(after, single)) > 1e-6  # two batches are not one batch
+
+
+@pytest.mark.parametrize("accumulate, epochs, steps", [(2, 2, 4), (3, 1, 2)])
+def test_epoch_end_closes_an_unfinished_accumulation_cycle(accumulate, epochs, steps):
+    """4 batches per epoch: accumulate=2 steps after batches (0, 1) and (2, 3); accumulate=3 after (0, 1, 2),
+    then after batch 3 alone, at the epoch's end."""
+    data = tiny_batch()
+    module = GraceModule(tiny_model(), GABA(warmup_steps=0), WMSE(125.0), partial(torch.optim.SGD, lr=1e-3),
+                         grad_clip=1.0, accumulate=accumulate)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, precision="64-true", logger=False, callbacks=[],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, DataLoader(data, batch_size=5, collate_fn=batch_as_is))  # 16 windows: 5, 5, 5, 1
+    assert trainer.global_step == steps

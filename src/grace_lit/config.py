@@ -66,6 +66,7 @@ def _problems(cfg: DictConfig) -> list[str]:
     check("protocol.name", lambda v: v in PROTOCOLS, f"one of {list(PROTOCOLS)} (or choose protocol=<name>)")
     check("data.batch_size", _count, "an integer >= 1")
     check("data.eval_batch_size", _count, "an integer >= 1")
+    check("accumulate", _count, "an integer >= 1 (batches per optimizer step)")
     return found
 
 

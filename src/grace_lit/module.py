@@ -43,6 +43,13 @@ NONFINITE_ACTIONS = ("raise", "skip")
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True")
 
 
+def _add_grads(params: list[nn.Parameter], grads: list[torch.Tensor | None]) -> None:
+    """p.grad += g (accumulation); the first batch of a cycle, after zero_grad(set_to_none=True), assigns."""
+    for p, g in zip(params, grads):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
+
+
 def weighted_sum(grads: list[tuple[torch.Tensor | None, ...]], weights: torch.Tensor) -> list[torch.Tensor | None]:
     """Per parameter sum_i w_i grads[i] (None where no task reaches it), in a few foreach kernels per task rather
     than small ops per parameter. Out of place: autograd may hand one tensor to two parameters (an LSTM's two
@@ -61,7 +68,8 @@ def weighted_sum(grads: list[tuple[torch.Tensor | None, ...]], weights: torch.Te
 
 class GraceModule(L.LightningModule):
     def __init__(self, model: DualTaskModel, controller: Controller, rul_loss: Callable, optimizer: partial,
-                 grad_clip: float, grad_mode: str = "fused", on_nonfinite: str = "raise", eval_prefix: str = "val"):
+                 grad_clip: float, grad_mode: str = "fused", on_nonfinite: str = "raise", eval_prefix: str = "val",
+                 accumulate: int = 1):
         super().__init__()
         if grad_mode not in GRAD_MODES:
             raise GraceError(f"grad_mode={grad_mode!r} is not one of {GRAD_MODES}.")
@@ -71,6 +79,7 @@ class GraceModule(L.LightningModule):
         self.model, self.controller, self.rul_loss = model, controller, rul_loss
         self.optimizer_factory, self.grad_clip = optimizer, grad_clip
         self.grad_mode, self.on_nonfinite, self.eval_prefix = grad_mode, on_nonfinite, eval_prefix
+        self.accumulate = accumulate  # batches per optimizer step; each adds 1/accumulate of its gradient
         if not controller.trains_health:
             model.health_head.requires_grad_(False)
         self.metrics = nn.ModuleDict({
@@ -82,6 +91,8 @@ class GraceModule(L.LightningModule):
         self.prior_wall_time_s = 0.0  # of the runs this one resumed, up to their last checkpoint
         self._clock_start = time.time()
         self._pending: tuple[torch.Tensor, torch.Tensor, int, int] | None = None  # see _finite_or_skip
+        self._cycle_losses: list[torch.Tensor] = []  # the synced losses of this accumulation cycle's batches
+        self._cycle_snapshot: tuple[list[torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.test_predictions: pd.DataFrame | None = None
         self._predictions: list[torch.Tensor] = []
 
@@ -103,8 +114,8 @@ class GraceModule(L.LightningModule):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def _backward(self, losses: torch.Tensor, synced: torch.Tensor, features: torch.Tensor) -> None:
-        """Set every trainable parameter's gradient for this step. ``synced``: the detached losses of the global
-        batch (this rank's own in a single process), what the controller sees."""
+        """Add this batch's share (1/accumulate) of the step's gradient to every trainable parameter. ``synced``:
+        the detached losses of the global batch (this rank's own in a single process), what the controller sees."""
         scope = self.controller.norm_scope()
         if scope == "shared" and self.grad_mode == "fused":
             return self._fused_backward(losses, synced)
@@ -115,7 +126,7 @@ class GraceModule(L.LightningModule):
         norms = None if inputs is None else self._synced_norms(losses, inputs(), per_sample=scope == "features")
         weights, aux = self.controller(synced, norms)
         objective = (weights * losses).sum()  # this rank's losses: DDP averages the gradients in manual_backward
-        self.manual_backward(objective if aux is None else objective + aux)
+        self.manual_backward((objective if aux is None else objective + aux) / self.accumulate)
 
     @staticmethod
     def _synced_norms(losses: torch.Tensor, inputs: list[torch.Tensor], per_sample: bool) -> torch.Tensor:
@@ -141,15 +152,14 @@ class GraceModule(L.LightningModule):
                  for i, loss in enumerate(losses)]
         norms = torch.stack([grad_norm([g for g, p in zip(task, params) if id(p) in shared]) for task in grads])
         weights, aux = self.controller(synced, norms)
-        for p, g in zip(params, weighted_sum(grads, weights.detach())):
-            p.grad = g
+        _add_grads(params, weighted_sum(grads, weights.detach() / self.accumulate))
         if weights.requires_grad or aux is not None:  # the controller's own parameters
             # from the global losses: the same gradient on every rank. autograd.grad, not backward(): DDP's hooks
             # on these parameters alone would leave its reduction half done and fail the next step
             objective = (weights * synced).sum()
             own = [p for p in self.controller.parameters() if p.requires_grad]
-            for p, g in zip(own, torch.autograd.grad(objective if aux is None else objective + aux, own)):
-                p.grad = g
+            _add_grads(own, torch.autograd.grad((objective if aux is None else objective + aux) / self.accumulate,
+                                                own))
 
     def _finite_or_skip(self, losses: torch.Tensor, total_norm: torch.Tensor) -> bool:
         """Whether to apply this step's update; stops (raise) or skips (skip) on a NaN/inf loss or gradient.
@@ -186,24 +196,33 @@ class GraceModule(L.LightningModule):
             f"Fix: lower optimizer.lr or check the data; on_nonfinite=skip skips such steps instead.")
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        """One batch; every ``accumulate`` batches (and at the epoch's last) one optimizer step, as spec 003's
+        loop: the controller weighs each batch's losses, the gradients add up, the clip sees their sum."""
         x, rul, health = batch[0], batch[1], batch[2]
         opt = self.optimizers()
-        before = self._state_snapshot() if self.on_nonfinite == "skip" else None
+        if batch_idx % self.accumulate == 0:
+            opt.zero_grad(set_to_none=True)
+            self._cycle_losses = []
+            self._cycle_snapshot = self._state_snapshot() if self.on_nonfinite == "skip" else None
         features = self.model.backbone(x)
         rul_pred, logits = self.model.heads(features)
         losses = torch.stack([self.rul_loss(rul_pred, rul), F.cross_entropy(logits, health)])
         # under DDP the mean of the ranks' mean losses (equal per-rank batches): the global batch's, on every rank
         synced = average_across_ranks([losses.detach()])[0]
-        opt.zero_grad(set_to_none=True)
         self._backward(losses, synced, features)
+        self._cycle_losses.append(synced)
+        if (batch_idx + 1) % self.accumulate and batch_idx + 1 < self.trainer.num_training_batches:
+            return
+        cycle = torch.stack(self._cycle_losses)
         total_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
-        if self._finite_or_skip(synced, total_norm):  # the same decision on every rank
+        if self._finite_or_skip(cycle.flatten(), total_norm):  # the same decision on every rank
             opt.step()
             self.controller.after_step()
-            self.log_dict({"train/loss_rul": synced[0], "train/loss_health": synced[1],
+            mean = cycle.mean(0)
+            self.log_dict({"train/loss_rul": mean[0], "train/loss_health": mean[1],
                            "train/grad_norm": total_norm}, on_step=False, on_epoch=True)
         else:
-            self._restore_snapshot(before)
+            self._restore_snapshot(self._cycle_snapshot)
 
     def _state_snapshot(self) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """What the forward and the controller change besides the parameters (BatchNorm statistics, controller

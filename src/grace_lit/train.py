@@ -32,7 +32,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Traine
         model.backbone.compile()  # in place: parameter names and the module's calls stay as they are
     module = GraceModule(model=model, controller=instantiate(cfg.loss.controller), rul_loss=instantiate(cfg.rul_loss.fn),
                          optimizer=instantiate(cfg.optimizer), grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode,
-                         on_nonfinite=cfg.on_nonfinite, eval_prefix=cfg.protocol.eval_prefix)
+                         on_nonfinite=cfg.on_nonfinite, eval_prefix=cfg.protocol.eval_prefix,
+                         accumulate=cfg.accumulate)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null drops a stage (presets)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
