@@ -15,7 +15,8 @@ from grace_lit.errors import GraceError
 _register = (OmegaConf.register_resolver if tuple(map(int, omegaconf.__version__.split(".")[:2])) >= (2, 4)
              else OmegaConf.register_new_resolver)
 _register("len", lambda seq: len(seq), replace=True)
-_register("n_states", lambda thresholds: len(thresholds) + 1, replace=True)
+# health states: one per RUL-threshold interval, or healthy/degraded from N-CMAPSS's hs flag
+_register("n_states", lambda thresholds, labels="rul": 2 if labels == "hs" else len(thresholds) + 1, replace=True)
 
 
 def _is_int(value: Any) -> bool:
@@ -59,10 +60,18 @@ def _problems(cfg: DictConfig) -> list[str]:
     check("dataset.health_thresholds",
           lambda v: all(_is_number(t) for t in v) and all(a < b for a, b in zip(v, v[1:])),
           "strictly increasing RUL values, e.g. [30, 70]")
-    known = getattr(get_class(cfg.dataset._target_), "SENSORS", None)
+    source = get_class(cfg.dataset._target_)
+    known = getattr(source, "SENSORS", None)
     if known is not None:
         unknown = [s for s in cfg.dataset.sensors if s not in known]
-        check("dataset.sensors", lambda v: not unknown, f"names from {known[0]}..{known[-1]} (unknown: {unknown})")
+        names = getattr(source, "SENSORS_HELP", f"{known[0]}..{known[-1]}")
+        check("dataset.sensors", lambda v: not unknown, f"names from {names} (unknown: {unknown})")
+    labels = getattr(source, "HEALTH_LABELS", None)  # N-CMAPSS: where the health states come from
+    if labels is not None:
+        check("dataset.health_labels", lambda v: v in labels, f"one of {list(labels)}")
+    for key in ("downsample", "chunk_rows"):  # N-CMAPSS reading
+        if key in cfg.dataset:
+            check(f"dataset.{key}", _count, "an integer >= 1")
     check("protocol.name", lambda v: v in PROTOCOLS, f"one of {list(PROTOCOLS)} (or choose protocol=<name>)")
     check("data.batch_size", _count, "an integer >= 1")
     check("data.eval_batch_size", _count, "an integer >= 1")

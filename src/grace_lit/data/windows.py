@@ -21,6 +21,7 @@ class UnitSeries:
     unit: int
     features: np.ndarray  # (rows, features) float32
     rul: np.ndarray  # (rows,) float32
+    health: np.ndarray | None = None  # (rows,) int health states given by the data; None: from the RUL thresholds
 
 
 def health_labels(rul: np.ndarray, thresholds: list[float]) -> np.ndarray:
@@ -44,7 +45,7 @@ class WindowSet(Dataset):
             raise GraceError(f"dataset.pad_mode={pad_mode!r} is not one of 'edge', 'zero'.")
         if not units:
             raise GraceError("No units to build windows from. Fix: check the dataset split settings.")
-        blocks, starts, ends_rul, unit_ids, is_last = [], [], [], [], []
+        blocks, starts, ends_rul, ends_health, unit_ids, is_last = [], [], [], [], [], []
         offset = 0
         for u in units:
             feats = u.features
@@ -56,6 +57,8 @@ class WindowSet(Dataset):
             blocks.append(feats)
             starts.append(offset + ends - window + 1)
             ends_rul.append(u.rul[ends - pad])
+            ends_health.append(health_labels(u.rul[ends - pad], health_thresholds) if u.health is None
+                               else u.health[ends - pad])
             unit_ids.append(np.full(len(ends), u.unit))
             last = np.zeros(len(ends), dtype=bool)
             last[-1] = True
@@ -64,9 +67,8 @@ class WindowSet(Dataset):
         self.window = window
         self.series = torch.from_numpy(np.concatenate(blocks).astype(np.float32))
         self.starts = torch.from_numpy(np.concatenate(starts).astype(np.int64))
-        rul = np.concatenate(ends_rul).astype(np.float32)
-        self.rul = torch.from_numpy(rul)
-        self.health = torch.from_numpy(health_labels(rul, health_thresholds).astype(np.int64))
+        self.rul = torch.from_numpy(np.concatenate(ends_rul).astype(np.float32))
+        self.health = torch.from_numpy(np.concatenate(ends_health).astype(np.int64))
         self.unit = torch.from_numpy(np.concatenate(unit_ids).astype(np.int64))
         self.is_last = torch.from_numpy(np.concatenate(is_last))
         self._offsets = torch.arange(window)
