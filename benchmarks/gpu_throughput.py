@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning as L

@@ -5,7 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+import grace_lit.config  # noqa: F401  (registers the resolvers conf/ uses)
 from grace_lit.data.archive import ensure_extracted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,3 +32,9 @@ def cli_env(data_cache: Path) -> dict[str, str]:
     (on 2 shared cores a 2-thread LSTM runs up to 40x slower than a 1-thread one)."""
     return {**os.environ, "GRACE_LIT_DATA_DIR": str(data_cache), "PYTHONPATH": str(REPO / "src"),
             "OMP_NUM_THREADS": "1"}
+
+
+def composed(overrides: list[str] = (), config_name: str = "train", hydra: bool = False) -> DictConfig:
+    """The config the CLI would compose from conf/ with these overrides (``hydra``: with the hydra node)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)

@@ -12,11 +12,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
-import grace_lit.config  # noqa: F401  (registers the resolvers conf/ uses)
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, composed
 from grace_lit.data.windows import batch_as_is
 from grace_lit.errors import GraceError
 from grace_lit.losses.amnl import AMNL
@@ -223,8 +221,7 @@ def test_uncertainty_step_in_the_module(grad_mode):
 # ----------------------------------------------------------------- configs and the CLI
 @pytest.mark.parametrize("preset", ["grid_baseline", "grid_amnl", "grid_gaba_mse", "grid_grace"])
 def test_grid_presets_compose(preset):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={preset}"])
+    cfg = composed([f"experiment={preset}"])
     cell = {"grid_baseline": ("fixed", "mse"), "grid_amnl": ("amnl", "wmse"), "grid_gaba_mse": ("gaba", "mse"),
             "grid_grace": ("gaba", "wmse")}[preset]
     assert (cfg.loss.name, cfg.rul_loss.name) == cell

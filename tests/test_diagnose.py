@@ -10,17 +10,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, composed
 from grace_lit.diagnose import gradient_pair, recommend
 
 
 @pytest.fixture(scope="module")
 def thresholds() -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("diagnose")
+    cfg = composed(config_name="diagnose")
     return OmegaConf.to_container(cfg.diagnose.thresholds)
 
 

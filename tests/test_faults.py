@@ -17,11 +17,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Subset
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, composed
 from grace_lit.config import validate
 from grace_lit.data.archive import expected_checksums, verify
 from grace_lit.data.windows import UnitSeries, WindowSet, batch_as_is
@@ -34,11 +33,6 @@ from test_module import tiny_model
 
 FD001 = ("train_FD001.txt", "test_FD001.txt", "RUL_FD001.txt")
 RESTORE = "Fix: restore the original NASA file"
-
-
-def composed(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 # ----------------------------------------------------------------------------------------------- config values

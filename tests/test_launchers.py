@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, composed
 from grace_lit.sweep_log import job_line
 from grace_lit.train import build
 
@@ -53,14 +52,10 @@ def test_sweep_line_of_a_failed_job():
     assert crashed == "[job 4] dataset=- failed: boom (after 1.0s)"
 
 
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
-
-
 def test_ddp_trainer_config_builds_a_ddp_trainer(tmp_path, data_cache, monkeypatch):
     monkeypatch.setenv("GRACE_LIT_DATA_DIR", str(data_cache))
-    cfg = compose_train(["trainer=ddp", "trainer.accelerator=cpu", "model=small", f"paths.output_dir={tmp_path}"])
+    cfg = composed(["trainer=ddp", "trainer.accelerator=cpu", "model=small", f"paths.output_dir={tmp_path}"],
+                   hydra=True)
     assert (cfg.trainer.strategy, cfg.trainer.devices) == ("ddp", 2)
     _, _, trainer = build(cfg)
     assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.num_devices == 2
@@ -69,7 +64,8 @@ def test_ddp_trainer_config_builds_a_ddp_trainer(tmp_path, data_cache, monkeypat
 def test_submitit_slurm_launcher_composes():
     """What ``--cfg hydra hydra/launcher=submitit_slurm`` prints, through the compose API (no cluster here)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    launcher = compose_train(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"]).hydra.launcher
+    launcher = composed(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"], hydra=True)
+    launcher = launcher.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.gpus_per_node == 1
 
@@ -77,7 +73,7 @@ def test_submitit_slurm_launcher_composes():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes_to_what_its_name_says(preset, tmp_path, data_cache, monkeypatch):
     monkeypatch.setenv("GRACE_LIT_DATA_DIR", str(data_cache))
-    cfg = compose_train([f"experiment={preset}"])
+    cfg = composed([f"experiment={preset}"], hydra=True)
     params = cfg.hydra.sweeper.params
     assert [int(s) for s in str(params.seed).split(",")] == SEEDS  # --multirun runs the spec's five seeds
     assert (cfg.protocol.name, cfg.model.backbone.hidden_size) == ("paper", 256)
@@ -100,6 +96,6 @@ def test_preset_composes_to_what_its_name_says(preset, tmp_path, data_cache, mon
     }
     assert expected[preset]()
     if cfg.callbacks.ema is None:  # a null stage is dropped by build(), not instantiated
-        cfg = compose_train([f"experiment={preset}", "model=small", f"paths.output_dir={tmp_path}"])
+        cfg = composed([f"experiment={preset}", "model=small", f"paths.output_dir={tmp_path}"], hydra=True)
         _, _, trainer = build(cfg)
         assert not any(type(c).__name__ == "EMAWeights" for c in trainer.callbacks)

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import grace_lit.config  # noqa: F401  (registers the resolvers conf/ uses)
-from conftest import REPO
+from conftest import composed
 
 
 def composed_model(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    return instantiate(cfg.model)
+    return instantiate(composed(overrides).model)
 
 
 def lstm_params(inp: int, hidden: int) -> int:

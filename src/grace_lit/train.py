@@ -9,7 +9,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -30,10 +29,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Traine
     model = instantiate(cfg.model)
     if cfg.compile:
         model.backbone.compile()  # in place: parameter names and the module's calls stay as they are
-    module = GraceModule(model=model, controller=instantiate(cfg.loss.controller), rul_loss=instantiate(cfg.rul_loss.fn),
-                         optimizer=instantiate(cfg.optimizer), grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode,
-                         on_nonfinite=cfg.on_nonfinite, eval_prefix=cfg.protocol.eval_prefix,
-                         accumulate=cfg.accumulate)
+    module = GraceModule(model=model, controller=instantiate(cfg.loss.controller),
+                         rul_loss=instantiate(cfg.rul_loss.fn), optimizer=instantiate(cfg.optimizer),
+                         grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode, on_nonfinite=cfg.on_nonfinite,
+                         eval_prefix=cfg.protocol.eval_prefix, accumulate=cfg.accumulate)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null drops a stage (presets)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
