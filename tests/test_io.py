@@ -57,3 +57,20 @@ def test_csv_writer_killed_mid_save_keeps_the_previous_rows(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         writer.save()
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,train/loss", "0,2.0"]
+
+
+def test_csv_writer_keeps_the_epochs_a_resumed_run_does_not_redo(tmp_path):
+    first = AtomicCSVWriter(str(tmp_path))
+    for epoch in range(3):  # epochs 0-2 logged; the run is killed with its checkpoint after epoch 1
+        first.log_metrics({"epoch": epoch, "val/rmse": 30.0 - epoch}, step=epoch)
+        first.save()
+    resumed = AtomicCSVWriter(str(tmp_path))  # resumes at epoch 2
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [0, 1, 2]  # nothing deleted on start
+    resumed.log_metrics({"epoch": 2, "val/rmse": 27.5}, step=2)
+    resumed.save()
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert table["epoch"].tolist() == [0, 1, 2] and table["val/rmse"].tolist() == [30.0, 29.0, 27.5]
+    fresh = AtomicCSVWriter(str(tmp_path))  # the same directory without resume: starts at epoch 0
+    fresh.log_metrics({"epoch": 0, "val/rmse": 40.0}, step=0)
+    fresh.save()
+    assert pd.read_csv(tmp_path / "metrics.csv")["val/rmse"].tolist() == [40.0]

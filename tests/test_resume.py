@@ -77,8 +77,8 @@ def test_killed_and_resumed_run_ends_with_identical_metrics(runs):
     assert metrics(runs["B"])["epochs_run"] == EPOCHS
 
 
-def test_resumed_run_restores_controller_log_and_predictions(runs):
-    for name in ("controller_log.csv", "predictions.csv"):
+def test_resumed_run_restores_controller_log_metrics_csv_and_predictions(runs):
+    for name in ("controller_log.csv", "metrics.csv", "predictions.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(runs["A"] / name), pd.read_csv(runs["B"] / name), check_exact=True)
     log = pd.read_csv(runs["B"] / "controller_log.csv")
     assert log.epoch.tolist() == list(range(EPOCHS)) and log.weight_rul.nunique() > 1  # GABA past its warmup

@@ -73,20 +73,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class AtomicCSVWriter(ExperimentWriter):
-    """Lightning's metrics.csv writer, replacing the whole file on every save.
+    """Lightning's metrics.csv writer, replacing the whole file on every save, and keeping a resumed run's history.
 
     Lightning's appends rows in place and, when a new column appears, truncates and rewrites the file: a kill can
-    leave half a row or an empty file. This one keeps every row of the run and writes them all atomically, in
-    Lightning's format (sorted columns, empty cells for values a row lacks).
+    leave half a row or an empty file. It also deletes an existing metrics.csv when it starts, so a resumed run
+    would lose the epochs before its checkpoint. This one keeps the existing rows of the epochs before the first
+    one it logs (the resumed epochs replace theirs) and writes all rows atomically, in Lightning's format (sorted
+    columns, empty cells for values a row lacks).
     """
 
     def __init__(self, log_dir: str):
+        path = Path(log_dir) / self.NAME_METRICS_FILE
+        self.rows: list[dict[str, Any]] = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+        self._trim = bool(self.rows)
         super().__init__(log_dir)
-        self.rows: list[dict[str, Any]] = []
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning's deletes metrics.csv here; the first save replaces it instead."""
 
     def save(self) -> None:
         if not self.metrics:
             return
+        if self._trim:  # a run started again in the same directory: keep only the epochs it does not redo
+            first = min((float(m["epoch"]) for m in self.metrics if "epoch" in m), default=0.0)
+            self.rows = [r for r in self.rows if r.get("epoch") not in (None, "") and float(r["epoch"]) < first]
+            self._trim = False
         self.rows += self.metrics
         self.metrics = []
         text = io.StringIO(newline="")
