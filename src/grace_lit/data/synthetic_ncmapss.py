@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -99,8 +98,7 @@ def generate(path: str | Path, cycles: int | None = 10, flight_rows: int = 150, 
     model = SensorModel(rng)
     n_x_s = len(COLUMNS["X_s"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    os.close(handle)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: the rename is atomic
     try:
         with h5py.File(tmp, "w") as f:
             for group, names in COLUMNS.items():
@@ -128,7 +126,7 @@ def generate(path: str | Path, cycles: int | None = 10, flight_rows: int = 150, 
                         row += length
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
 
 
