@@ -1,11 +1,13 @@
 """NASA N-CMAPSS DS02 (``N-CMAPSS_DS02-006.h5``): read the selected columns in chunks, downsample every flight,
 and cut train / validation / test windows.
 
-The file holds 6.5 M one-second rows of 46 float64 columns (2.3 GiB). Reading whole datasets would need several
-times the memory of what a run uses, so the reader streams ``chunk_rows`` rows at a time, keeps every
-``downsample``-th second of each flight and only the configured columns, as float32: peak memory stays near the
-size of the kept float32 columns. Knows nothing of Lightning; the DataModule decides which units are fitted and
-which are held out (whole units: DS02's units all run to failure, like its test units, so none is cut).
+The file holds 6.5 M one-second rows of 46 float64 columns and the int64 RUL (2.3 GiB). Reading whole datasets
+would need several times the memory of what a run uses, so the reader streams ``chunk_rows`` rows at a time,
+keeps every ``downsample``-th second of each flight and only the configured columns, as float32: peak memory
+stays near the size of the selected float32 columns (measured: about a quarter of it, BENCHMARKS.md).
+
+Knows nothing of Lightning; the DataModule decides which units are fitted and which are held out (whole units:
+DS02's units all run to failure, like its test units, so none is cut at a random cycle).
 """
 from __future__ import annotations
 
@@ -103,15 +105,16 @@ def _kept_rows(unit: np.ndarray, cycle: np.ndarray, previous: tuple[float, float
 
 def _check_order(unit: np.ndarray, cycle: np.ndarray, previous: tuple[float, float, int] | None, path: Path,
                  key: str, first_row: int) -> None:
-    """Rows sorted by unit, then cycle: each unit's rows contiguous, windows can be cut per unit."""
-    u = np.r_[unit[:0] if previous is None else [previous[0]], unit]
-    c = np.r_[cycle[:0] if previous is None else [previous[1]], cycle]
-    du, dc = np.diff(u), np.diff(c)
-    bad = np.flatnonzero((du < 0) | ((du == 0) & (dc < 0)))
+    """Rows sorted by unit, then cycle (continuing the last chunk's last row): each unit's rows are contiguous,
+    so windows can be cut per unit."""
+    if previous is not None:
+        unit, cycle, first_row = np.r_[previous[0], unit], np.r_[previous[1], cycle], first_row - 1
+    step_unit, step_cycle = np.diff(unit), np.diff(cycle)
+    bad = np.flatnonzero((step_unit < 0) | ((step_unit == 0) & (step_cycle < 0))) + 1
     if bad.size:
-        row = first_row + bad[0] + (0 if previous is not None else 1)
-        raise GraceError(f"{path}: dataset '{key}', row {row} (0-based): unit {u[bad[0] + 1]:g} cycle "
-                         f"{c[bad[0] + 1]:g} breaks the order (rows sorted by unit, then cycle). {_redownload(path)}")
+        i = bad[0]
+        raise GraceError(f"{path}: dataset '{key}', row {first_row + i} (0-based): unit {unit[i]:g} cycle "
+                         f"{cycle[i]:g} breaks the order (rows sorted by unit, then cycle). {_redownload(path)}")
 
 
 def read_split(f: h5py.File, path: Path, split: str, names: dict[str, list[str]], sensors: list[str],
@@ -174,7 +177,7 @@ class NCMAPSS:
             raise GraceError(f"dataset.health_labels={health_labels!r} is not one of {HEALTH_LABELS}.")
         if downsample < 1 or chunk_rows < 1:
             raise GraceError(f"dataset.downsample ({downsample}) and dataset.chunk_rows ({chunk_rows}) must be "
-                             f">= 1. Fix: dataset.downsample=10 dataset.chunk_rows=262144 are the defaults.")
+                             f">= 1. Fix: use integers >= 1 (conf/dataset/DS02.yaml holds the defaults).")
         self.name, self.sensors, self.max_rul = name, list(sensors), max_rul
         self.window, self.stride, self.eval_stride = window, stride, eval_stride
         self.health_labels, self.health_thresholds = health_labels, list(health_thresholds)
@@ -228,5 +231,6 @@ class NCMAPSS:
         train = WindowSet(self._series(self.dev, fit_units, scaler), stride=self.stride, **windows)
         val = (WindowSet(self._series(self.dev, val_units, scaler), stride=self.eval_stride, **windows)
                if len(val_units) else None)
-        test = WindowSet(self._series(self.test, np.unique(self.test.unit), scaler), stride=self.eval_stride, **windows)
+        test_units = np.unique(self.test.unit)
+        test = WindowSet(self._series(self.test, test_units, scaler), stride=self.eval_stride, **windows)
         return Splits(train, val, test)
