@@ -1,7 +1,7 @@
 """N-CMAPSS DS02 reader: wall time and peak memory on a generated file of the real size (6.5 M rows, 2.3 GiB).
 
-The file comes from ``grace_lit.data.synthetic_ncmapss --full-size`` (same schema, row counts and cycles as the
-real one), written once into ``--file`` and reused. Every measurement runs in a fresh child process, the two
+The file comes from ``grace_lit.data.synthetic_ncmapss --full-size`` (the real schema and row counts, units of 59
+to 89 cycles), written once into ``--file`` and reused. Every measurement runs in a fresh child process, the two
 feature presets interleaved per round: ``read`` is the reader's constructor (schema check, chunked read,
 downsampling, float32 columns), ``build`` cuts the standardised windows (protocol paper). Memory is the growth
 of the child's peak resident set (``ru_maxrss``) over its peak after the imports, and, in a second child, the

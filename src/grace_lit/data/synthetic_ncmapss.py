@@ -1,10 +1,10 @@
 """A synthetic N-CMAPSS DS02 file with exactly the real file's schema, for tests and benchmarks.
 
-The real file cannot be shipped (NASA's licence, 2.3 GiB); this one has the same 17 datasets, names, dtypes,
+The real file (2.3 GiB) is not shipped with the package; this one has the same 17 datasets, names, dtypes,
 dev/test units, per-unit flight classes, the ``hs`` switch and the ``Y`` countdown, rows sorted by unit, cycle
 and second. Sensors respond to the flight conditions and drift with a degradation that accelerates after the
 ``hs`` switch, so a model has something to learn. Small by default; ``--full-size`` writes the real row counts
-(5,263,447 dev + 1,253,743 test) over the real cycles per unit, for the reader benchmark.
+(5,263,447 dev + 1,253,743 test) over full-length units (59 to 89 cycles), for the reader benchmark.
 
     python -m grace_lit.data.synthetic_ncmapss OUT.h5 [--full-size] [--cycles N] [--flight-rows R] [--seed S]
 """
@@ -20,8 +20,10 @@ import numpy as np
 from grace_lit.data.ncmapss import COLUMNS, DTYPES, SPLITS, WIDTHS
 
 UNITS = {"dev": (2, 5, 10, 16, 18, 20), "test": (11, 14, 15)}
-REAL_CYCLES = {2: 75, 5: 89, 10: 82, 16: 63, 18: 71, 20: 66, 11: 59, 14: 76, 15: 67}  # dev RUL max 88
+REAL_CYCLES = {2: 75, 5: 89, 10: 82, 16: 63, 18: 71, 20: 66, 11: 59, 14: 76, 15: 67}  # full size: dev RUL max 88
 REAL_ROWS = {"dev": 5_263_447, "test": 1_253_743}
+# the small default: 10 flights per unit, enough for 50-row windows at 0.1 Hz even on short-flight units
+SMALL_CYCLES, SMALL_FLIGHT_ROWS = 10, 150
 FLIGHT_CLASS = {2: 3, 5: 2, 10: 2, 16: 1, 18: 1, 20: 1, 11: 2, 14: 1, 15: 3}  # Fc: 1 short, 2 medium, 3 long
 # flight length per class, as a range of multiples of ``flight_rows``
 CLASS_LENGTH = {1: (0.35, 0.65), 2: (0.8, 1.2), 3: (1.4, 1.9)}
@@ -86,12 +88,12 @@ class SensorModel:
         return np.stack([alt, mach, tra, t2], axis=1), sensors
 
 
-def generate(path: str | Path, cycles: int | None = 10, flight_rows: int = 150, seed: int = 0,
+def generate(path: str | Path, cycles: int | None = SMALL_CYCLES, flight_rows: int = SMALL_FLIGHT_ROWS, seed: int = 0,
              full_size: bool = False) -> Path:
     """Write the file (atomically: a temporary sibling renamed into place) and return its path.
 
-    ``cycles``: flights per unit (None: the real file's); ``flight_rows``: seconds of a medium flight;
-    ``full_size``: the real cycles and row counts (``cycles`` and ``flight_rows`` then only shape the lengths).
+    ``cycles``: flights per unit (None: the full-size counts); ``flight_rows``: seconds of a medium flight;
+    ``full_size``: the real row counts over units of 59 to 89 cycles (``cycles`` and ``flight_rows`` ignored).
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -134,8 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the .h5 file to write")
     parser.add_argument("--full-size", action="store_true", help="the real row counts (6.5 M rows, 2.3 GiB)")
-    parser.add_argument("--cycles", type=int, default=10, help="flights per unit (ignored with --full-size)")
-    parser.add_argument("--flight-rows", type=int, default=150, help="seconds of a medium (class 2) flight")
+    parser.add_argument("--cycles", type=int, default=SMALL_CYCLES, help="flights per unit (not with --full-size)")
+    parser.add_argument("--flight-rows", type=int, default=SMALL_FLIGHT_ROWS, help="seconds of a medium flight")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = generate(args.out, cycles=args.cycles, flight_rows=args.flight_rows, seed=args.seed,
