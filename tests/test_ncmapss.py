@@ -16,10 +16,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, composed
 from grace_lit.config import validate
 from grace_lit.data.datamodule import RULDataModule
 from grace_lit.data.ncmapss import NCMAPSS
@@ -64,11 +63,6 @@ def reader(path: Path | None, **overrides) -> NCMAPSS:
 def expected_features(raw: dict, split: str, sensors: list[str]) -> np.ndarray:
     cols = raw[split]["columns"]
     return np.stack([cols[s][raw[split]["keep"]] for s in sensors], axis=1).astype(np.float32)
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 # ------------------------------------------------------------------------------------------------ the file
@@ -273,13 +267,13 @@ def test_config_presets_models_and_validation():
                                  (["dataset=DS02", "model=ncmapss_20feat"], 20, 3),
                                  (["dataset=DS02", "model=small", "dataset/features=ncmapss_32feat"], 32, 3),
                                  (["dataset=DS02", "model=small", "dataset.health_labels=hs"], 20, 2)):
-        cfg = composed(*overrides)
+        cfg = composed(overrides)
         validate(cfg)
         assert len(cfg.dataset.sensors) == cfg.model.backbone.input_size == n
         assert cfg.model.num_health_states == states and cfg.monitor == "test/rmse_all"
-    assert composed("dataset=DS02", "model=ncmapss_32feat").dataset.sensors == PRESETS["ncmapss_32feat"]
+    assert composed(["dataset=DS02", "model=ncmapss_32feat"]).dataset.sensors == PRESETS["ncmapss_32feat"]
     with pytest.raises(GraceError) as err:
-        validate(composed("dataset=DS02", "dataset.sensors=[alt,T24,fan_eff_mod]", "dataset.health_labels=x"))
+        validate(composed(["dataset=DS02", "dataset.sensors=[alt,T24,fan_eff_mod]", "dataset.health_labels=x"]))
     message = str(err.value)
     assert "unknown: ['fan_eff_mod']" in message and "dataset.health_labels='x': must be one of" in message
 
