@@ -31,8 +31,8 @@ def write_run(root: Path, name: str, **fields) -> Path:
 
 
 def metrics(rmse: float, nasa: float, acc: float | None, best: int, wall: float) -> dict:
-    return {"test/rmse_last": rmse, "test/nasa": nasa, "test/health_acc": acc, "best_epoch": best,
-            "wall_time_s": wall}
+    return {"test/rmse_last": rmse, "test/rmse_all": rmse + 5.0, "test/nasa": nasa, "test/health_acc": acc,
+            "best_epoch": best, "wall_time_s": wall}
 
 
 @pytest.fixture
@@ -67,6 +67,7 @@ def test_table_means_and_sample_stds(sweep: Path, capsys):
     assert (gaba.n_runs, gaba.n_seeds, gaba.seeds) == (3, 3, "1 2 3")
     # rmse 10, 12, 17: mean 13, deviations -3, -1, 4 -> sample variance (9 + 1 + 16) / 2 = 13
     assert gaba.rmse_last_mean == pytest.approx(13.0) and gaba.rmse_last_std == pytest.approx(math.sqrt(13.0))
+    assert gaba.rmse_all_mean == pytest.approx(18.0) and gaba.rmse_all_std == pytest.approx(math.sqrt(13.0))
     assert gaba.nasa_mean == pytest.approx(300.0) and gaba.nasa_std == pytest.approx(100.0)
     assert gaba.health_acc_mean == pytest.approx(0.6) and gaba.health_acc_std == pytest.approx(0.1)
     assert gaba.best_epoch_mean == pytest.approx(20.0) and gaba.best_epoch_std == pytest.approx(10.0)
@@ -86,9 +87,10 @@ def test_table_means_and_sample_stds(sweep: Path, capsys):
     tables = [line for line in text.splitlines() if line.startswith("### ")]
     assert tables == ["### FD001 (protocol=holdout)", "### FD001 (protocol=paper)"]
     assert f"Selection: {SELECTION['paper']}." in text and f"Selection: {SELECTION['holdout']}." in text
-    assert "| gaba | wmse | model=small | 3 | 1 2 3 | 13.000 ± 3.606 | 300.0 ± 100.0 | 0.600 ± 0.100 |" in text
-    assert "| amnl | wmse | model=small | 1 | 1 | 20.000 | 500.0 | 0.800 |" in text
-    assert "| single_task | wmse | model=small | 1 | 1 | 30.000 | 900.0 | — |" in text
+    assert ("| gaba | wmse | model=small | 3 | 1 2 3 | 13.000 ± 3.606 | 18.000 ± 3.606 | 300.0 ± 100.0 | "
+            "0.600 ± 0.100 |") in text
+    assert "| amnl | wmse | model=small | 1 | 1 | 20.000 | 25.000 | 500.0 | 0.800 |" in text
+    assert "| single_task | wmse | model=small | 1 | 1 | 30.000 | 35.000 | 900.0 | — |" in text
 
 
 def test_failed_and_unfinished_runs_are_listed(sweep: Path):

@@ -32,6 +32,7 @@ GROUP = ("protocol", "dataset", "loss", "rul_loss", "variant")
 # metrics.json key -> (column stem, Markdown heading, number format)
 METRICS = {
     "test/rmse_last": ("rmse_last", "test RMSE (last window)", ".3f"),
+    "test/rmse_all": ("rmse_all", "test RMSE (all windows)", ".3f"),  # DS02's headline (three test units)
     "test/nasa": ("nasa", "test NASA score", ".1f"),
     "test/health_acc": ("health_acc", "test health acc.", ".3f"),
     "best_epoch": ("best_epoch", "best epoch", ".1f"),

@@ -60,9 +60,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
         return summary
     write_results(out_dir, summary, module.test_predictions)
-    log.info("[%s | protocol=%s] test rmse_last=%.3f nasa=%.1f (best epoch %s of %s) -> %s", cfg.dataset.name,
-             cfg.protocol.name, summary["test/rmse_last"], summary["test/nasa"], summary["best_epoch"],
-             summary["epochs_run"], out_dir / "metrics.json")
+    log.info("[%s | protocol=%s] test rmse_last=%.3f rmse_all=%.3f nasa=%.1f (best epoch %s of %s) -> %s",
+             cfg.dataset.name, cfg.protocol.name, summary["test/rmse_last"], summary["test/rmse_all"],
+             summary["test/nasa"], summary["best_epoch"], summary["epochs_run"], out_dir / "metrics.json")
     return summary
 
 
