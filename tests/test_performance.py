@@ -136,7 +136,8 @@ def test_setup_moves_the_windows_to_the_root_device_once():
     dm = RULDataModule(source=None, protocol="paper", holdout_fraction=0.0, batch_size=16, eval_batch_size=64,
                        seed=0)
     dm.splits = Splits(train=windows(), val=None, test=windows(n_units=2))
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))  # stands in for cuda
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")),  # stands in for cuda
+                                 world_size=1, global_rank=0)
     dm.setup("fit")
     assert all(t.device.type == "meta" for part in (dm.splits.train, dm.splits.test)
                for t in (part.series, part.starts, part.rul, part.health, part.unit, part.is_last))
