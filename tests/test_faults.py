@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Subset
 
@@ -200,6 +201,33 @@ def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, corrupt, first_
     assert f"at step {first_bad} (epoch 0" in message
     assert "Last good checkpoint: none written yet" in message and "on_nonfinite=skip" in message
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # no checkpoint of non-finite weights
+
+
+class PoisonAtEpoch(L.Callback):
+    """Turns the first parameter into NaN when the given epoch starts."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: GraceModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(module.model.parameters()).fill_(float("nan"))
+
+
+def test_nonfinite_error_names_the_last_epoch_checkpoint(tmp_path):
+    last = instantiate(composed([f"paths.output_dir={tmp_path}"]).callbacks.last_checkpoint)
+    module = GraceModule(tiny_model(), GABA(beta=0.5, warmup_steps=0, min_weight=0.05), WMSE(125.0),
+                         partial(torch.optim.AdamW, lr=1e-2), grad_clip=1.0)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, precision="64-true", logger=False,
+                        callbacks=[last, PoisonAtEpoch(1)], enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    with pytest.raises(GraceError) as err:
+        trainer.fit(module, DataLoader(series(), batch_size=BATCH, collate_fn=batch_as_is))
+    steps_per_epoch = -(-len(series()) // BATCH)
+    assert f"at step {steps_per_epoch} (epoch 1" in str(err.value)
+    assert f"Last good checkpoint: {tmp_path / 'checkpoints' / 'last.ckpt'}." in str(err.value)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
 
 
 def test_skip_leaves_no_trace_and_counts_the_skips(tmp_path):

@@ -13,13 +13,16 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, composed
 
 EPOCHS = 4
 ARGS = ["dataset=FD001", "model=small", f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=20",
@@ -93,3 +96,35 @@ def test_same_command_and_seed_is_bit_identical(runs):
     assert numbers(runs["A"]) == numbers(runs["C"])
     for name in ("controller_log.csv", "predictions.csv", "metrics.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(runs["A"] / name), pd.read_csv(runs["C"] / name), check_exact=True)
+
+
+class Worsening(L.LightningModule):
+    """Its selection metric gets worse every epoch: only epoch 0 is ever the best."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch[0]).square().sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("test/rmse_last", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_every_epoch_best_only_on_improvement(tmp_path):
+    """The resume point must be the latest epoch, not the best one (Lightning 2.6's ``save_last`` writes only
+    when the best improves, so a resume would redo every epoch since the best)."""
+    cfg = composed([f"paths.output_dir={tmp_path}"])
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None and "Checkpoint" in c._target_]
+    data = torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=2)
+    trainer = L.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(Worsening(), data, data)
+    load = partial(torch.load, map_location="cpu", weights_only=False)
+    assert load(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 2  # 0-based: the third epoch
+    assert load(tmp_path / "checkpoints" / "best.ckpt")["epoch"] == 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

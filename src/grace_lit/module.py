@@ -17,6 +17,7 @@ weights and applies the same update, as one process would on the concatenated ba
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -188,8 +189,9 @@ class GraceModule(L.LightningModule):
         if bool(finite):
             self._pending = None
             return  # a non-finite flag stays: a later save (an on-exception checkpoint) raises too
-        ckpt = self.trainer.checkpoint_callback
-        last_good = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
+        written = [path for c in self.trainer.checkpoint_callbacks for path in (c.last_model_path, c.best_model_path)
+                   if path and os.path.isfile(path)]
+        last_good = max(written, key=os.path.getmtime, default="")  # the newest: last.ckpt, or best.ckpt
         raise GraceError(
             f"Non-finite loss or gradient at step {step} (epoch {epoch}, losses {losses.cpu().tolist()}). "
             f"Last good checkpoint: {last_good or 'none written yet'}. "
