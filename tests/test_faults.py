@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Subset
 
 from conftest import REPO, cli_env, composed
@@ -181,12 +180,14 @@ def series(nan_row: int | None = None, inf_rul_row: int | None = None) -> Window
     return WindowSet(units, window=5, stride=1, pad_mode="edge", health_thresholds=[30, 70])
 
 
-def fit(data, on_nonfinite: str, tmp_path: Path, max_epochs: int = 3) -> tuple[GraceModule, L.Trainer]:
+def fit(data, on_nonfinite: str, tmp_path: Path, max_epochs: int = 3,
+        callbacks: tuple[L.Callback, ...] = ()) -> tuple[GraceModule, L.Trainer]:
+    """Train with the project's own epoch-end ``last.ckpt`` callback (conf/callbacks/default.yaml)."""
     module = GraceModule(tiny_model(), GABA(beta=0.5, warmup_steps=0, min_weight=0.05), WMSE(125.0),
                          partial(torch.optim.AdamW, lr=1e-2), grad_clip=1.0, on_nonfinite=on_nonfinite)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0)
+    last = instantiate(composed([f"paths.output_dir={tmp_path}"]).callbacks.last_checkpoint)
     trainer = L.Trainer(accelerator="cpu", max_epochs=max_epochs, precision="64-true", logger=False,
-                        callbacks=[checkpoint], enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[last, *callbacks], enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, DataLoader(data, batch_size=BATCH, collate_fn=batch_as_is))
     return module, trainer
@@ -216,14 +217,8 @@ class PoisonAtEpoch(L.Callback):
 
 
 def test_nonfinite_error_names_the_last_epoch_checkpoint(tmp_path):
-    last = instantiate(composed([f"paths.output_dir={tmp_path}"]).callbacks.last_checkpoint)
-    module = GraceModule(tiny_model(), GABA(beta=0.5, warmup_steps=0, min_weight=0.05), WMSE(125.0),
-                         partial(torch.optim.AdamW, lr=1e-2), grad_clip=1.0)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=3, precision="64-true", logger=False,
-                        callbacks=[last, PoisonAtEpoch(1)], enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, default_root_dir=tmp_path)
     with pytest.raises(GraceError) as err:
-        trainer.fit(module, DataLoader(series(), batch_size=BATCH, collate_fn=batch_as_is))
+        fit(series(), "raise", tmp_path, callbacks=(PoisonAtEpoch(1),))
     steps_per_epoch = -(-len(series()) // BATCH)
     assert f"at step {steps_per_epoch} (epoch 1" in str(err.value)
     assert f"Last good checkpoint: {tmp_path / 'checkpoints' / 'last.ckpt'}." in str(err.value)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from grace_lit.data.archive import ensure_extracted
-from grace_lit.data.preprocess import Standardizer, truncation_lengths
+from grace_lit.data.preprocess import Standardizer, truncation_lengths, unit_slices
 from grace_lit.data.table import read_table
 from grace_lit.data.windows import UnitSeries, WindowSet
 from grace_lit.errors import GraceError
@@ -61,7 +61,7 @@ def read_subset(directory: Path, subset: str) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _units(table: np.ndarray) -> list[np.ndarray]:
-    return np.split(table, np.flatnonzero(np.diff(table[:, 0])) + 1)
+    return [table[rows] for rows in unit_slices(table[:, 0])]
 
 
 class CMAPSS:

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from grace_lit.data.cmapss import Splits
-from grace_lit.data.preprocess import Standardizer
+from grace_lit.data.preprocess import Standardizer, unit_slices
 from grace_lit.data.windows import UnitSeries, WindowSet
 from grace_lit.errors import GraceError
 
@@ -149,11 +149,6 @@ def read_split(f: h5py.File, path: Path, split: str, names: dict[str, list[str]]
     return Samples(*(np.concatenate([getattr(p, k.name) for p in parts]) for k in fields(Samples)))
 
 
-def _unit_slices(unit: np.ndarray) -> list[slice]:
-    bounds = np.r_[0, np.flatnonzero(np.diff(unit)) + 1, len(unit)]
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 class NCMAPSS:
     """N-CMAPSS DS02, preprocessed as configured (every choice is a constructor argument from conf/).
 
@@ -206,7 +201,7 @@ class NCMAPSS:
     def _series(self, part: Samples, units: np.ndarray, scaler: Standardizer) -> list[UnitSeries]:
         """Per-unit scaled features, RUL capped at max_rul, and (health_labels=hs) 0 while hs=1, 1 after."""
         out, wanted = [], set(np.asarray(units).tolist())
-        for rows in _unit_slices(part.unit):
+        for rows in unit_slices(part.unit):
             if int(part.unit[rows.start]) not in wanted:
                 continue
             feats = part.features[rows]
@@ -218,7 +213,7 @@ class NCMAPSS:
     def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int) -> Splits:
         """Windows for fitting (scaler fitted on these units only), held-out whole dev units and all test units.
         ``seed`` is part of the reader contract; nothing here is random (held-out units are not cut)."""
-        lengths = {int(self.dev.unit[r.start]): r.stop - r.start for r in _unit_slices(self.dev.unit)}
+        lengths = {int(self.dev.unit[r.start]): r.stop - r.start for r in unit_slices(self.dev.unit)}
         shortest = min(lengths[int(u)] for u in fit_units)
         if self.window > shortest:
             raise GraceError(f"dataset.window={self.window} is longer than the shortest training unit of "

@@ -12,6 +12,12 @@ def condition_keys(settings: np.ndarray, decimals: list[int]) -> np.ndarray:
     return rounded
 
 
+def unit_slices(unit: np.ndarray) -> list[slice]:
+    """Row ranges of consecutive equal unit ids (rows sorted by unit): one slice per unit, in file order."""
+    bounds = np.r_[0, np.flatnonzero(np.diff(unit)) + 1, len(unit)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 class Standardizer:
     """Per-group z-scoring fitted on training rows only (one group = global, one per condition otherwise)."""
 
