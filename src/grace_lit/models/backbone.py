@@ -6,15 +6,20 @@ from torch import nn
 
 
 class Backbone(nn.Module):
-    """Conv1d stack -> BiLSTM -> multi-head self-attention with a residual connection -> pooling -> MLP.
+    """Conv1d stack -> BiLSTM -> dropout -> multi-head self-attention with a residual connection -> LayerNorm ->
+    pooling -> MLP (each layer followed by dropout).
 
-    Input (batch, time, features); output (batch, fc_dims[-1]). ``pool``: ``last`` keeps the last time step
-    (the state at the window's end, which the RUL target refers to), ``mean`` averages over time.
+    Input (batch, time, features); output (batch, fc_dims[-1]). ``dropout`` sits where spec 000 puts it, after
+    the BiLSTM and after every FC layer; ``attention_dropout`` (on the attention weights) is this project's
+    addition, off by default. ``pool``: ``last`` keeps the last time step (the state at the window's end, which
+    the RUL target refers to), ``mean`` averages over time. ``layer_norm``: the LayerNorm after the attention is
+    this project's addition too (the spec's backbone is Conv1d x3 -> BiLSTM -> attention -> FC).
     """
 
     def __init__(self, input_size: int, hidden_size: int, cnn_channels: list[int], kernel_size: int,
                  num_heads: int, fc_dims: list[int], dropout: float, lstm_layers: int = 1,
-                 use_attention: bool = True, use_residual: bool = True, pool: str = "last"):
+                 use_attention: bool = True, use_residual: bool = True, pool: str = "last",
+                 attention_dropout: float = 0.0, layer_norm: bool = True):
         super().__init__()
         if pool not in ("last", "mean"):
             raise ValueError(f"model.backbone.pool={pool!r} is not one of 'last', 'mean'")
@@ -27,11 +32,12 @@ class Backbone(nn.Module):
         self.cnn = nn.Sequential(*convs)
         self.lstm = nn.LSTM(prev, hidden_size, num_layers=lstm_layers, batch_first=True, bidirectional=True,
                             dropout=dropout if lstm_layers > 1 else 0.0)
+        self.lstm_dropout = nn.Dropout(dropout)
         width = 2 * hidden_size
-        self.attention = nn.MultiheadAttention(width, num_heads, dropout=dropout, batch_first=True) \
+        self.attention = nn.MultiheadAttention(width, num_heads, dropout=attention_dropout, batch_first=True) \
             if use_attention else None
         self.use_residual = use_residual
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width) if layer_norm else nn.Identity()
         layers = []
         for dim in fc_dims:
             layers += [nn.Linear(width, dim), nn.ReLU(), nn.Dropout(dropout)]
@@ -41,7 +47,7 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.cnn(x.transpose(1, 2)).transpose(1, 2)
-        h, _ = self.lstm(h)
+        h = self.lstm_dropout(self.lstm(h)[0])
         if self.attention is not None:
             a, _ = self.attention(h, h, h, need_weights=False)
             h = h + a if self.use_residual else a
