@@ -2,6 +2,11 @@
 
 The live parameters are copied aside before the swap and copied back afterwards, bit for bit (spec pitfalls
 3 and 4). The shadow is part of every checkpoint.
+
+With a constant decay of 0.999 (the spec) and no bias correction the shadow still holds 0.999^t of the random
+initialisation after t steps (about half at epoch 10 on FD001), so short runs evaluate partly untrained weights.
+``warmup=True`` (not in the spec, off by default) uses TensorFlow's ``ExponentialMovingAverage(num_updates=t)``
+schedule instead: decay min(decay, (1 + t) / (10 + t)) at the 0-based optimizer step t.
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ import torch
 
 
 class EMAWeights(L.Callback):
-    def __init__(self, decay: float):
+    def __init__(self, decay: float, warmup: bool = False):
         self.decay = decay
+        self.warmup = warmup
         self.shadow: list[torch.Tensor] | None = None
         self._live: list[torch.Tensor] | None = None
         self._seen_step = -1
@@ -32,12 +38,17 @@ class EMAWeights(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._seen_step = trainer.global_step  # here, not in on_fit_start: a resumed step count is restored by now
 
+    def decay_at(self, step: int) -> float:
+        """The decay applied after the 0-based optimizer step ``step``."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step == self._seen_step:  # no optimizer step this batch (skipped)
             return
         self._seen_step = trainer.global_step
+        decay = self.decay_at(trainer.global_step - 1)  # global_step already counts this step
         with torch.no_grad():
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params(pl_module)], 1.0 - self.decay)
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params(pl_module)], 1.0 - decay)
 
     def swap_in(self, pl_module: L.LightningModule) -> None:
         if self.shadow is None or self._live is not None:
