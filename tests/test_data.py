@@ -18,7 +18,7 @@ COUNTS = {"FD001": (20631, 100, 13096, 100), "FD002": (53759, 260, 33991, 259),
 def reader(cache, name="FD001", **overrides) -> CMAPSS:
     args = dict(name=name, data_dir=None, cache_dir=str(cache), sensors=SENSORS, max_rul=125, window=30, stride=1,
                 eval_stride=1, per_condition=name in ("FD002", "FD004"), condition_decimals=[0, 2, 0],
-                health_thresholds=[30, 70], pad_mode="edge", select_metric="rmse_last")
+                health_thresholds=[30, 70], pad_mode="edge", select_metric="rmse_last", cap_test_rul=True)
     return CMAPSS(**{**args, **overrides})
 
 

@@ -56,7 +56,7 @@ def reader(path: Path | None, **overrides) -> NCMAPSS:
     args = dict(name="DS02", path=None if path is None else str(path), data_dir="/nonexistent", filename=FILENAME,
                 sensors=PRESETS["ncmapss_20feat"], downsample=DOWNSAMPLE, chunk_rows=997, max_rul=88,
                 window=WINDOW, stride=1, eval_stride=1, health_labels="rul", health_thresholds=[3, 6],
-                pad_mode="edge", select_metric="rmse_all")
+                pad_mode="edge", select_metric="rmse_all", cap_test_rul=True)
     return NCMAPSS(**{**args, **overrides})
 
 

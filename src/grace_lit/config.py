@@ -73,6 +73,13 @@ def _problems(cfg: DictConfig) -> list[str]:
         if key in cfg.dataset:
             check(f"dataset.{key}", _count, "an integer >= 1")
     check("protocol.name", lambda v: v in PROTOCOLS, f"one of {list(PROTOCOLS)} (or choose protocol=<name>)")
+    check("protocol.val_cuts", _count, "an integer >= 1 (cuts per held-out unit)")
+    check("protocol.folds", _count, "an integer >= 1 (1: no k-fold)")
+    folds = OmegaConf.select(cfg, "protocol.folds")
+    check("protocol.fold", lambda v: _is_int(v) and _is_int(folds) and 0 <= v < max(folds, 1),
+          f"an integer in [0, protocol.folds={folds})")
+    check("data.split_seed", _is_int, "an integer")
+    check("dataset.cap_test_rul", lambda v: isinstance(v, bool), "true or false")
     check("data.batch_size", _count, "an integer >= 1")
     check("data.eval_batch_size", _count, "an integer >= 1")
     check("accumulate", _count, "an integer >= 1 (batches per optimizer step)")

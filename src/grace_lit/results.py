@@ -40,7 +40,9 @@ def device_name(trainer: L.Trainer) -> str:
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     return {"protocol": cfg.protocol.name, "selection": cfg.protocol.selection, "dataset": cfg.dataset.name,
-            "loss": cfg.loss.name, "rul_loss": cfg.rul_loss.name, "seed": cfg.seed, "command": command(),
+            "loss": cfg.loss.name, "rul_loss": cfg.rul_loss.name, "seed": cfg.seed,
+            "split_seed": cfg.data.split_seed, "folds": cfg.protocol.folds, "fold": cfg.protocol.fold,
+            "val_cuts": cfg.protocol.val_cuts, "command": command(),
             "git_commit": git_commit()}
 
 

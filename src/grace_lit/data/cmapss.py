@@ -1,30 +1,23 @@
-"""NASA C-MAPSS FD001-FD004: read the text files and turn them into train / validation / test windows.
+"""NASA C-MAPSS FD001-FD004: a thin loader of the NASA text files onto the run-to-failure pipeline.
 
-Knows nothing of Lightning; the DataModule decides which units are fitted and which are held out.
+The strict text reader (``text.read_table``) and the unit / cycle order check name a damaged file's line;
+everything after reading (conditions, scaling, targets, windows) is ``pipeline.RunToFailure``'s.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from grace_lit.data.archive import ensure_extracted
-from grace_lit.data.preprocess import Standardizer, truncation_lengths, unit_slices
-from grace_lit.data.table import read_table
-from grace_lit.data.windows import UnitSeries, WindowSet
+from grace_lit.data.pipeline import RunToFailure, Runs, Splits  # noqa: F401  (Splits: the readers' result type)
+from grace_lit.data.text import read_table
 from grace_lit.errors import GraceError
 
-N_COLUMNS = 26  # unit, cycle, 3 settings, 21 sensors
 SENSORS = [f"s{i}" for i in range(1, 22)]
+SETTINGS = ["setting1", "setting2", "setting3"]
+COLUMNS = ["unit", "cycle", *SETTINGS, *SENSORS]  # the 26 columns of the NASA files, as named here
 SUBSETS = ("FD001", "FD002", "FD003", "FD004")
-
-
-@dataclass
-class Splits:
-    train: WindowSet
-    val: WindowSet | None
-    test: WindowSet
 
 
 def check_units(table: np.ndarray, path: Path) -> None:
@@ -45,13 +38,25 @@ def check_units(table: np.ndarray, path: Path) -> None:
                          f"NASA file.")
 
 
+def read_nasa(path: Path) -> np.ndarray:
+    """One NASA train or test file, checked: (rows, 26) float64 in the order of ``COLUMNS``."""
+    table = read_table(path, len(COLUMNS))
+    check_units(table, path)
+    return table
+
+
+def runs(table: np.ndarray, path: Path, features: list[str], conditions: list[str]) -> Runs:
+    """The NASA table as pipeline rows (already sorted by unit and cycle)."""
+    columns = [COLUMNS.index(c) for c in features], [COLUMNS.index(c) for c in conditions]
+    return Runs(str(path), table[:, 0].astype(np.int64), table[:, 1], table[:, columns[0]], table[:, columns[1]],
+                np.arange(1, len(table) + 1))
+
+
 def read_subset(directory: Path, subset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train table, test table, true RUL after each test unit's last cycle)."""
     train_path, test_path = directory / f"train_{subset}.txt", directory / f"test_{subset}.txt"
     rul_path = directory / f"RUL_{subset}.txt"
-    train, test = read_table(train_path, N_COLUMNS), read_table(test_path, N_COLUMNS)
-    check_units(train, train_path)
-    check_units(test, test_path)
+    train, test = read_nasa(train_path), read_nasa(test_path)
     rul = read_table(rul_path, 1)[:, 0]
     n_test = int(test[-1, 0])
     if len(rul) != n_test:
@@ -60,71 +65,29 @@ def read_subset(directory: Path, subset: str) -> tuple[np.ndarray, np.ndarray, n
     return train, test, rul
 
 
-def _units(table: np.ndarray) -> list[np.ndarray]:
-    return [table[rows] for rows in unit_slices(table[:, 0])]
-
-
-class CMAPSS:
-    """One C-MAPSS subset, preprocessed as configured (every choice is a constructor argument from conf/)."""
+class CMAPSS(RunToFailure):
+    """One C-MAPSS subset. ``per_condition`` standardises per operating condition (the three settings rounded
+    to ``condition_decimals``), else globally."""
 
     SENSORS = SENSORS  # the names dataset.sensors may use (config validation reads them before any data)
 
     def __init__(self, name: str, data_dir: str | None, cache_dir: str, sensors: list[str], max_rul: float,
                  window: int, stride: int, eval_stride: int, per_condition: bool, condition_decimals: list[int],
-                 health_thresholds: list[float], pad_mode: str, select_metric: str):
+                 health_thresholds: list[float], pad_mode: str, select_metric: str, cap_test_rul: bool):
         if name not in SUBSETS:
             raise GraceError(f"dataset.name={name!r} is not one of {SUBSETS}.")
-        subset = name
-        unknown = sorted(set(sensors) - set(self.SENSORS))
+        unknown = sorted(set(sensors) - set(SENSORS))
         if unknown:
             raise GraceError(f"Unknown sensor names {unknown} in dataset.sensors. Fix: use names from s1..s21.")
-        self.subset, self.sensors, self.max_rul = subset, list(sensors), max_rul
-        self.window, self.stride, self.eval_stride = window, stride, eval_stride
-        self.per_condition, self.condition_decimals = per_condition, list(condition_decimals)
-        self.health_thresholds, self.pad_mode = list(health_thresholds), pad_mode
-        self.select_metric = select_metric
         directory = Path(data_dir).expanduser() if data_dir else ensure_extracted(cache_dir)
-        self.train_table, self.test_table, self.test_rul = read_subset(directory, subset)
-        self._columns = [5 + SENSORS.index(s) for s in self.sensors]
-
-    @property
-    def n_features(self) -> int:
-        return len(self.sensors)
-
-    def train_units(self) -> np.ndarray:
-        return np.unique(self.train_table[:, 0]).astype(np.int64)
-
-    def _series(self, table: np.ndarray, scaler: Standardizer, rul_after_last: dict[int, float] | None = None,
-                lengths: dict[int, int] | None = None) -> list[UnitSeries]:
-        """Per-unit normalised features and capped piecewise-linear RUL (optionally cut to ``lengths``)."""
-        out = []
-        for rows in _units(table):
-            unit = int(rows[0, 0])
-            remaining = rows[-1, 1] - rows[:, 1] + (rul_after_last[unit] if rul_after_last else 0.0)
-            if lengths is not None:
-                rows, remaining = rows[:lengths[unit]], remaining[:lengths[unit]]
-            feats = scaler.transform(rows[:, self._columns], rows[:, 2:5])
-            out.append(UnitSeries(unit, feats, np.minimum(remaining, self.max_rul).astype(np.float32)))
-        return out
-
-    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int) -> Splits:
-        """Windows for fitting (scaler fitted on these units only), held-out validation and the NASA test set."""
-        fit_rows = np.isin(self.train_table[:, 0], fit_units)
-        val_rows = np.isin(self.train_table[:, 0], val_units)
-        shortest = min(len(u) for u in _units(self.train_table[fit_rows]))
-        if self.window > shortest:
-            raise GraceError(f"dataset.window={self.window} is longer than the shortest training unit of "
-                             f"{self.subset} ({shortest} cycles). Fix: choose dataset.window <= {shortest}.")
-        scaler = Standardizer(self.per_condition, self.condition_decimals)
-        scaler.fit(self.train_table[fit_rows][:, self._columns], self.train_table[fit_rows][:, 2:5])
-        windows = dict(window=self.window, pad_mode=self.pad_mode, health_thresholds=self.health_thresholds)
-        train = WindowSet(self._series(self.train_table[fit_rows], scaler), stride=self.stride, **windows)
-        val = None
-        if len(val_units):
-            val_table = self.train_table[val_rows]
-            ids, counts = np.unique(val_table[:, 0].astype(np.int64), return_counts=True)
-            cuts = dict(zip(ids.tolist(), truncation_lengths(counts, self.window, seed).tolist()))
-            val = WindowSet(self._series(val_table, scaler, lengths=cuts), stride=self.eval_stride, **windows)
-        after_last = {i + 1: float(r) for i, r in enumerate(self.test_rul)}
-        test = WindowSet(self._series(self.test_table, scaler, after_last), stride=self.eval_stride, **windows)
-        return Splits(train, val, test)
+        self.train_table, self.test_table, rul = read_subset(directory, name)
+        conditions = SETTINGS if per_condition else []
+        super().__init__(
+            name, runs(self.train_table, directory / f"train_{name}.txt", sensors, conditions),
+            runs(self.test_table, directory / f"test_{name}.txt", sensors, conditions),
+            {i + 1: float(r) for i, r in enumerate(rul)}, unit="unit", time="cycle",
+            features=sensors, conditions=conditions, condition_mode="round",
+            condition_decimals=condition_decimals if per_condition else [],
+            condition_clusters=0, condition_seed=0, condition_tolerance=0.0, max_rul=max_rul, window=window,
+            stride=stride, eval_stride=eval_stride, health_thresholds=health_thresholds, pad_mode=pad_mode,
+            cap_test_rul=cap_test_rul, select_metric=select_metric)

@@ -1,7 +1,9 @@
-"""LightningDataModule over any reader with ``train_units()`` and ``build(fit_units, val_units, seed)``.
+"""LightningDataModule over any reader with ``train_units()`` and ``build(fit_units, val_units, seed, val_cuts)``.
 
 The protocol decides what the per-epoch evaluation sees: ``paper`` evaluates on the test set, ``holdout`` on
-a seeded share of the training units (the test set is then only used by ``trainer.test``).
+held-out training units (the test set is then only used by ``trainer.test``): a seeded share of them, or with
+``folds`` > 1 the ``fold``-th of K seeded groups. ``split_seed`` draws the held-out units and their cuts, so
+the spread over ``seed`` can be that of training alone.
 
 On an accelerator the windows are moved to the device once, in ``setup``; every batch is then one gather on
 the device from a slice of a device-resident index order (``DeviceBatchSampler``): no per-sample
@@ -16,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
-from grace_lit.data.cmapss import Splits
-from grace_lit.data.preprocess import split_units
+from grace_lit.data.pipeline import Splits
+from grace_lit.data.preprocess import fold_units, split_units
 from grace_lit.data.windows import WindowSet, batch_as_is
 from grace_lit.errors import GraceError
 
@@ -42,15 +44,19 @@ class DeviceBatchSampler(BatchSampler):
 
 class RULDataModule(L.LightningDataModule):
     def __init__(self, source: Any, protocol: str, holdout_fraction: float, batch_size: int, eval_batch_size: int,
-                 seed: int):
+                 seed: int, split_seed: int | None = None, folds: int = 1, fold: int = 0, val_cuts: int = 1):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise GraceError(f"protocol={protocol!r} is not one of {PROTOCOLS}.")
         if protocol == "holdout" and not 0 < holdout_fraction < 1:
             raise GraceError(f"protocol.holdout_fraction={holdout_fraction} must lie in (0, 1) for the holdout "
                              f"protocol.")
+        if folds > 1 and protocol != "holdout":
+            raise GraceError(f"protocol.folds={folds} needs held-out units. Fix: add protocol=holdout.")
         self.source, self.protocol, self.holdout_fraction = source, protocol, holdout_fraction
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.split_seed = seed if split_seed is None else split_seed
+        self.folds, self.fold, self.val_cuts = folds, fold, val_cuts
         self.splits: Splits | None = None
 
     @property
@@ -60,11 +66,13 @@ class RULDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             units = self.source.train_units()
-            if self.protocol == "holdout":
-                fit, held = split_units(units, self.holdout_fraction, self.seed)
+            if self.protocol == "holdout" and self.folds > 1:
+                fit, held = fold_units(units, self.folds, self.fold, self.split_seed)
+            elif self.protocol == "holdout":
+                fit, held = split_units(units, self.holdout_fraction, self.split_seed)
             else:
                 fit, held = units, np.array([], dtype=np.int64)
-            self.splits = self.source.build(fit, held, self.seed)
+            self.splits = self.source.build(fit, held, self.split_seed, self.val_cuts)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         for part in (self.splits.train, self.splits.val, self.splits.test):
             if part is not None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from grace_lit.data.cmapss import Splits
-from grace_lit.data.preprocess import Standardizer, unit_slices
+from grace_lit.data.pipeline import Splits
+from grace_lit.data.preprocess import Preprocessing, unit_slices
 from grace_lit.data.windows import UnitSeries, WindowSet
 from grace_lit.errors import GraceError
 
@@ -163,7 +163,8 @@ class NCMAPSS:
 
     def __init__(self, name: str, path: str | None, data_dir: str, filename: str, sensors: list[str],
                  downsample: int, chunk_rows: int, max_rul: float, window: int, stride: int, eval_stride: int,
-                 health_labels: str, health_thresholds: list[float], pad_mode: str, select_metric: str):
+                 health_labels: str, health_thresholds: list[float], pad_mode: str, select_metric: str,
+                 cap_test_rul: bool):
         unknown = sorted(set(sensors) - set(self.SENSORS))
         if unknown:
             raise GraceError(f"Unknown feature names {unknown} in dataset.sensors. Fix: use names from "
@@ -176,7 +177,7 @@ class NCMAPSS:
         self.name, self.sensors, self.max_rul = name, list(sensors), max_rul
         self.window, self.stride, self.eval_stride = window, stride, eval_stride
         self.health_labels, self.health_thresholds = health_labels, list(health_thresholds)
-        self.pad_mode, self.select_metric = pad_mode, select_metric
+        self.pad_mode, self.select_metric, self.cap_test_rul = pad_mode, select_metric, cap_test_rul
         self.path = Path(path).expanduser() if path else Path(data_dir).expanduser() / filename
         if not self.path.is_file():
             raise GraceError(f"N-CMAPSS file {self.path} does not exist. Fix: download {filename} ({FILE_SIZE}) "
@@ -198,7 +199,7 @@ class NCMAPSS:
     def train_units(self) -> np.ndarray:
         return np.unique(self.dev.unit)
 
-    def _series(self, part: Samples, units: np.ndarray, scaler: Standardizer) -> list[UnitSeries]:
+    def _series(self, part: Samples, units: np.ndarray, prep: Preprocessing, test: bool) -> list[UnitSeries]:
         """Per-unit scaled features, RUL capped at max_rul, and (health_labels=hs) 0 while hs=1, 1 after."""
         out, wanted = [], set(np.asarray(units).tolist())
         for rows in unit_slices(part.unit):
@@ -206,13 +207,16 @@ class NCMAPSS:
                 continue
             feats = part.features[rows]
             health = (1 - part.hs[rows]).astype(np.int64) if self.health_labels == "hs" else None
-            out.append(UnitSeries(int(part.unit[rows.start]), scaler.transform(feats, feats[:, :0]),
-                                  np.minimum(part.rul[rows], self.max_rul).astype(np.float32), health))
+            out.append(UnitSeries(int(part.unit[rows.start]), prep.transform(feats, feats[:, :0]),
+                                  prep.rul(part.rul[rows], test), health))
         return out
 
-    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int) -> Splits:
+    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int, val_cuts: int = 1) -> Splits:
         """Windows for fitting (scaler fitted on these units only), held-out whole dev units and all test units.
         ``seed`` is part of the reader contract; nothing here is random (held-out units are not cut)."""
+        if val_cuts != 1:
+            raise GraceError(f"protocol.val_cuts={val_cuts}: DS02 holds out whole units run to failure, which "
+                             f"are not cut. Fix: protocol.val_cuts=1.")
         lengths = {int(self.dev.unit[r.start]): r.stop - r.start for r in unit_slices(self.dev.unit)}
         shortest = min(lengths[int(u)] for u in fit_units)
         if self.window > shortest:
@@ -221,11 +225,14 @@ class NCMAPSS:
                              f"{shortest} or a smaller dataset.downsample.")
         fit = np.isin(self.dev.unit, fit_units)
         fit_features = self.dev.features[fit]
-        scaler = Standardizer(per_condition=False, decimals=[]).fit(fit_features, fit_features[:, :0])
+        prep = Preprocessing(unit="unit", time="cycle", features=self.sensors, conditions=[], condition_mode="round",
+                             decimals=[], window=self.window, eval_stride=self.eval_stride, pad_mode=self.pad_mode,
+                             max_rul=self.max_rul, cap_test_rul=self.cap_test_rul,
+                             health_thresholds=self.health_thresholds).fit(fit_features, fit_features[:, :0])
         windows = dict(window=self.window, pad_mode=self.pad_mode, health_thresholds=self.health_thresholds)
-        train = WindowSet(self._series(self.dev, fit_units, scaler), stride=self.stride, **windows)
-        val = (WindowSet(self._series(self.dev, val_units, scaler), stride=self.eval_stride, **windows)
+        train = WindowSet(self._series(self.dev, fit_units, prep, test=False), stride=self.stride, **windows)
+        val = (WindowSet(self._series(self.dev, val_units, prep, test=True), stride=self.eval_stride, **windows)
                if len(val_units) else None)
         test_units = np.unique(self.test.unit)
-        test = WindowSet(self._series(self.test, test_units, scaler), stride=self.eval_stride, **windows)
-        return Splits(train, val, test)
+        test = WindowSet(self._series(self.test, test_units, prep, test=True), stride=self.eval_stride, **windows)
+        return Splits(train, val, test, prep)

@@ -1,15 +1,18 @@
-"""Dataset-independent preprocessing: operating conditions, standardisation, unit splits."""
+"""Dataset-independent preprocessing: operating conditions, standardisation, unit splits, cuts.
+
+``Preprocessing`` is the fitted state a run needs to be applied to new data (feature and condition columns,
+the condition map, the scaler per condition, window and caps); it round-trips through readable JSON exactly.
+"""
 from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from grace_lit.errors import GraceError
 
-
-def condition_keys(settings: np.ndarray, decimals: list[int]) -> np.ndarray:
-    """Operating-condition key per row: the settings rounded to ``decimals`` (one entry per setting column)."""
-    rounded = np.stack([np.round(settings[:, i], d) for i, d in enumerate(decimals)], axis=1)
-    return rounded
+CONDITION_MODES = ("round", "kmeans")
 
 
 def unit_slices(unit: np.ndarray) -> list[slice]:
@@ -18,41 +21,123 @@ def unit_slices(unit: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-class Standardizer:
-    """Per-group z-scoring fitted on training rows only (one group = global, one per condition otherwise)."""
+def _nearest(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and distance to the nearest centre, per row."""
+    distance = np.sqrt(((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2))
+    index = distance.argmin(axis=1)
+    return index, distance[np.arange(len(points)), index]
 
-    def __init__(self, per_condition: bool, decimals: list[int]):
-        self.per_condition = per_condition
-        self.decimals = decimals
-        self.keys: np.ndarray | None = None
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
 
-    def _group(self, settings: np.ndarray) -> np.ndarray:
-        if not self.per_condition:
+@dataclass
+class Preprocessing:
+    """Columns, condition map and per-condition scaler of one run, fitted on its training units only.
+
+    Conditions: none (``conditions`` empty: one global scaler); ``round``: the settings rounded to ``decimals``
+    are the condition key, as on C-MAPSS; ``kmeans``: settings divided by their training std, clustered (the
+    centres are saved), a row belongs to the nearest centre and is refused beyond ``tolerance`` times the
+    largest training distance of that cluster.
+    """
+
+    unit: str
+    time: str
+    features: list[str]
+    conditions: list[str]
+    condition_mode: str
+    decimals: list[int]
+    window: int
+    eval_stride: int
+    pad_mode: str
+    max_rul: float
+    cap_test_rul: bool
+    health_thresholds: list[float]
+    clusters: int = 0
+    seed: int = 0
+    tolerance: float = 0.0
+    keys: list[list[float]] = field(default_factory=list)  # round: condition keys; kmeans: centres (scaled)
+    setting_scale: list[float] = field(default_factory=list)  # kmeans: training std of each setting
+    radius: list[float] = field(default_factory=list)  # kmeans: largest training distance per cluster
+    mean: list[list[float]] = field(default_factory=list)  # per condition, per feature
+    std: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.conditions and self.condition_mode not in CONDITION_MODES:
+            raise GraceError(f"dataset.condition_mode={self.condition_mode!r} is not one of {CONDITION_MODES}.")
+        if self.conditions and self.condition_mode == "round" and len(self.decimals) != len(self.conditions):
+            raise GraceError(f"dataset.condition_decimals={list(self.decimals)} needs one entry per condition "
+                             f"column {list(self.conditions)}. Fix: give as many decimals as conditions.")
+
+    # ------------------------------------------------------------------ conditions
+    def _round(self, settings: np.ndarray) -> np.ndarray:
+        return np.stack([np.round(settings[:, i], d) for i, d in enumerate(self.decimals)], axis=1)
+
+    def _fit_groups(self, settings: np.ndarray) -> None:
+        if not self.conditions:
+            return
+        if self.condition_mode == "round":
+            self.keys = np.unique(self._round(settings), axis=0).tolist()
+            return
+        from sklearn.cluster import KMeans  # optional: only k-means conditions need scikit-learn
+
+        scale = settings.std(axis=0)
+        self.setting_scale = np.where(scale > 0, scale, 1.0).tolist()
+        scaled = settings / np.asarray(self.setting_scale)
+        km = KMeans(n_clusters=self.clusters, n_init=10, random_state=self.seed).fit(scaled)
+        order = np.lexsort(km.cluster_centers_.T[::-1])  # centres sorted, so the group numbers are readable
+        self.keys = km.cluster_centers_[order].tolist()
+        groups, distance = _nearest(scaled, np.asarray(self.keys))
+        self.radius = [float(distance[groups == g].max(initial=0.0)) for g in range(self.clusters)]
+
+    def groups(self, settings: np.ndarray) -> np.ndarray:
+        """Condition index of every row; a row whose condition the training units never showed is refused."""
+        if not self.conditions:
             return np.zeros(len(settings), dtype=np.int64)
-        keys = condition_keys(settings, self.decimals)
-        if self.keys is None:
-            self.keys, groups = np.unique(keys, axis=0, return_inverse=True)
-            return groups.reshape(-1)
-        match = (keys[:, None, :] == self.keys[None, :, :]).all(axis=2)
-        unknown = ~match.any(axis=1)
-        if unknown.any():
-            raise GraceError(f"Operating condition {keys[unknown][0].tolist()} does not occur in the training "
-                             f"units. Fix: check dataset.condition_decimals (now {self.decimals}).")
-        return match.argmax(axis=1)
+        keys = np.asarray(self.keys)
+        if self.condition_mode == "round":
+            rounded = self._round(settings)
+            match = (rounded[:, None, :] == keys[None, :, :]).all(axis=2)
+            unknown = np.flatnonzero(~match.any(axis=1))
+            if unknown.size:
+                raise GraceError(f"Operating condition {rounded[unknown[0]].tolist()} (columns {self.conditions}, "
+                                 f"row {unknown[0] + 1} of the unit-sorted rows) does not occur in the training "
+                                 f"units. Fix: check dataset.condition_decimals (now {list(self.decimals)}), or "
+                                 f"train on units that cover this condition.")
+            return match.argmax(axis=1)
+        groups, distance = _nearest(settings / np.asarray(self.setting_scale), keys)
+        far = np.flatnonzero(distance > self.tolerance * np.asarray(self.radius)[groups])
+        if far.size:
+            raise GraceError(f"Operating settings {settings[far[0]].tolist()} (columns {self.conditions}, row "
+                             f"{far[0] + 1} of the unit-sorted rows) lie farther from every training condition "
+                             f"than dataset.condition_tolerance={self.tolerance} times that cluster's radius. Fix: "
+                             f"train on units that cover these settings, or raise the tolerance.")
+        return groups
 
-    def fit(self, features: np.ndarray, settings: np.ndarray) -> "Standardizer":
-        groups = self._group(settings)
-        n_groups = groups.max() + 1
-        self.mean = np.stack([features[groups == g].mean(axis=0) for g in range(n_groups)])
+    # ------------------------------------------------------------------ scaling
+    def fit(self, features: np.ndarray, settings: np.ndarray) -> "Preprocessing":
+        """Condition map and z-scoring per condition, from the training rows only."""
+        self._fit_groups(settings)
+        groups = self.groups(settings)
+        n_groups = int(groups.max()) + 1
+        self.mean = np.stack([features[groups == g].mean(axis=0) for g in range(n_groups)]).tolist()
         std = np.stack([features[groups == g].std(axis=0) for g in range(n_groups)])
-        self.std = np.where(std > 0, std, 1.0)  # a sensor constant within a condition carries no signal there
+        self.std = np.where(std > 0, std, 1.0).tolist()  # a feature constant within a condition carries no signal
         return self
 
     def transform(self, features: np.ndarray, settings: np.ndarray) -> np.ndarray:
-        groups = self._group(settings)
-        return ((features - self.mean[groups]) / self.std[groups]).astype(np.float32)
+        groups = self.groups(settings)
+        return ((features - np.asarray(self.mean)[groups]) / np.asarray(self.std)[groups]).astype(np.float32)
+
+    def rul(self, remaining: np.ndarray, test: bool) -> np.ndarray:
+        """Targets: capped at ``max_rul`` (evaluation targets only when ``cap_test_rul``)."""
+        capped = np.minimum(remaining, self.max_rul) if self.cap_test_rul or not test else remaining
+        return np.asarray(capped, dtype=np.float32)
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)  # Python floats: repr round-trips float64 exactly
+
+    @classmethod
+    def from_json(cls, text: str) -> "Preprocessing":
+        return cls(**json.loads(text))
 
 
 def split_units(units: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,9 +151,21 @@ def split_units(units: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarr
     return np.setdiff1d(units, held), held
 
 
-def truncation_lengths(lengths: np.ndarray, window: int, seed: int) -> np.ndarray:
-    """Seeded cut point per unit, uniform in [min(window, L), L], so held-out units end before failure like the
-    NASA test units do (and the last window's RUL is not always 0)."""
-    rng = np.random.default_rng(seed)
+def fold_units(units: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) for fold ``fold`` of ``folds``: the units, shuffled by ``seed``, in K near-equal groups;
+    over the K folds every unit is held out exactly once."""
+    units = np.sort(np.asarray(units))
+    if not 2 <= folds <= len(units) or not 0 <= fold < folds:
+        raise GraceError(f"protocol.folds={folds} protocol.fold={fold}: need 2 <= folds <= {len(units)} (the "
+                         f"training units) and 0 <= fold < folds. Fix: e.g. protocol.folds=5 protocol.fold=0.")
+    groups = np.array_split(np.random.default_rng(seed).permutation(units), folds)
+    held = np.sort(groups[fold])
+    return np.setdiff1d(units, held), held
+
+
+def truncation_lengths(lengths: np.ndarray, window: int, seed: int, cuts: int = 1) -> np.ndarray:
+    """Seeded cut points, (units, cuts), each uniform in [min(window, L), L], so held-out units end before
+    failure like the NASA test units do (and the last window's RUL is not always 0)."""
+    lengths = np.asarray(lengths)
     low = np.minimum(window, lengths)
-    return rng.integers(low, lengths + 1)
+    return np.random.default_rng(seed).integers(low[:, None], lengths[:, None] + 1, size=(len(lengths), cuts))

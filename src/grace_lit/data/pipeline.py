@@ -1,0 +1,141 @@
+"""The one run-to-failure pipeline: rows of (unit, time, features, conditions) -> standardisation -> windows.
+
+Every table source (C-MAPSS's NASA text files, users' CSV or Parquet tables) is a thin loader that hands its
+rows to ``RunToFailure`` as ``Runs``; the train / validation / test windows and the fitted ``Preprocessing``
+come from here only. Knows nothing of Lightning; the DataModule decides which units are fitted and held out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from grace_lit.data.preprocess import Preprocessing, split_units, truncation_lengths, unit_slices
+from grace_lit.data.windows import UnitSeries, WindowSet
+from grace_lit.errors import GraceError
+
+
+@dataclass
+class Runs:
+    """Rows grouped by unit (each unit's rows contiguous, in increasing time), as float64.
+
+    ``unit`` holds integer ids (a table's own integer ids, else codes 0..N-1 of its sorted string ids, whose
+    names ``names`` keeps); ``row`` is each row's 1-based row in ``path``, for messages.
+    """
+
+    path: str
+    unit: np.ndarray  # (rows,) int64
+    time: np.ndarray  # (rows,)
+    features: np.ndarray  # (rows, features)
+    conditions: np.ndarray  # (rows, conditions); (rows, 0) when standardised globally
+    row: np.ndarray  # (rows,) int64
+    names: dict[int, str] = field(default_factory=dict)  # unit id -> the table's own id, when that is a string
+
+    def units(self) -> list[slice]:
+        return unit_slices(self.unit)
+
+    def take(self, keep: np.ndarray) -> "Runs":
+        return Runs(self.path, self.unit[keep], self.time[keep], self.features[keep], self.conditions[keep],
+                    self.row[keep], self.names)
+
+    def name(self, unit: int) -> int | str:
+        return self.names.get(unit, unit)
+
+
+@dataclass
+class Splits:
+    train: WindowSet
+    val: WindowSet | None
+    test: WindowSet
+    preprocessing: Preprocessing | None = None
+
+
+def cut_test_units(runs: Runs, fraction: float, seed: int, window: int) -> tuple[Runs, Runs, dict[int, float]]:
+    """Without a test file: a seeded ``fraction`` of whole units, each cut once as the NASA test units are.
+    Returns (remaining training runs, cut test runs, RUL after each test unit's last kept row)."""
+    if not 0 < fraction < 1:
+        raise GraceError(f"dataset.test_fraction={fraction} must lie in (0, 1) when no dataset.test file is "
+                         f"given. Fix: e.g. dataset.test_fraction=0.2, or pass dataset.test=<file>.")
+    _, test_units = split_units(np.unique(runs.unit), fraction, seed)
+    test = runs.take(np.isin(runs.unit, test_units))
+    slices = test.units()
+    lengths = truncation_lengths(np.array([s.stop - s.start for s in slices]), window, seed)[:, 0]
+    keep = np.zeros(len(test.unit), dtype=bool)
+    after_last = {}
+    for rows, n in zip(slices, lengths):
+        keep[rows.start:rows.start + n] = True
+        after_last[int(test.unit[rows.start])] = float(test.time[rows.stop - 1] - test.time[rows.start + n - 1])
+    return runs.take(~np.isin(runs.unit, test_units)), test.take(keep), after_last
+
+
+class RunToFailure:
+    """Train units (run to failure), test units (cut before failure, with the RUL after their last row) and
+    every preprocessing choice (constructor arguments from conf/dataset/)."""
+
+    def __init__(self, name: str, train: Runs, test: Runs, test_rul: dict[int, float], unit: str, time: str,
+                 features: list[str], conditions: list[str], condition_mode: str, condition_decimals: list[int],
+                 condition_clusters: int, condition_seed: int, condition_tolerance: float, max_rul: float,
+                 window: int, stride: int, eval_stride: int, health_thresholds: list[float], pad_mode: str,
+                 cap_test_rul: bool, select_metric: str):
+        missing = sorted(set(test.unit.tolist()) - set(test_rul))
+        if missing:
+            raise GraceError(f"{test.path}: test unit {test.name(missing[0])} has no remaining life after its last "
+                             f"row. Fix: give every test unit a row in dataset.test_rul.")
+        self.name, self.train, self.test, self.test_rul = name, train, test, test_rul
+        self.stride, self.select_metric = stride, select_metric
+        self.spec = dict(unit=unit, time=time, features=list(features), conditions=list(conditions),
+                         condition_mode=condition_mode, decimals=list(condition_decimals),
+                         clusters=condition_clusters, seed=condition_seed, tolerance=condition_tolerance,
+                         window=window, eval_stride=eval_stride, pad_mode=pad_mode, max_rul=max_rul,
+                         cap_test_rul=cap_test_rul, health_thresholds=list(health_thresholds))
+        Preprocessing(**self.spec)  # checks the condition settings before any fitting
+
+    @property
+    def n_features(self) -> int:
+        return self.train.features.shape[1]
+
+    def train_units(self) -> np.ndarray:
+        return np.unique(self.train.unit)
+
+    def _check_lengths(self, runs: Runs, window: int) -> None:
+        slices = runs.units()
+        rows = min(slices, key=lambda s: s.stop - s.start)
+        n = rows.stop - rows.start
+        if window > n:
+            raise GraceError(f"dataset.window={window} is longer than the shortest training unit of {self.name} "
+                             f"({n} rows: unit {runs.name(int(runs.unit[rows.start]))}, {runs.path} row "
+                             f"{runs.row[rows.start]}, column {self.spec['unit']!r}). Fix: choose dataset.window "
+                             f"<= {n}, or remove that unit from the training table.")
+
+    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int, val_cuts: int = 1) -> Splits:
+        """Windows for fitting (preprocessing fitted on these units only), held-out validation units (each cut
+        ``val_cuts`` times at seeded cycles; every cut is its own sequence) and the test units."""
+        fit = self.train.take(np.isin(self.train.unit, fit_units))
+        self._check_lengths(fit, self.spec["window"])
+        prep = Preprocessing(**self.spec).fit(fit.features, fit.conditions)
+        windows = dict(window=prep.window, pad_mode=prep.pad_mode, health_thresholds=prep.health_thresholds)
+        train = WindowSet(series(fit, prep, test=False), stride=self.stride, **windows)
+        val = None
+        if len(val_units):
+            held = self.train.take(np.isin(self.train.unit, val_units))
+            lengths = np.array([s.stop - s.start for s in held.units()])
+            cuts = truncation_lengths(lengths, prep.window, seed, val_cuts)
+            val = WindowSet(series(held, prep, test=True, cuts=cuts), stride=prep.eval_stride, **windows)
+        test = WindowSet(series(self.test, prep, test=True, after_last=self.test_rul), stride=prep.eval_stride,
+                         **windows)
+        return Splits(train, val, test, prep)
+
+
+def series(runs: Runs, prep: Preprocessing, test: bool, after_last: dict[int, float] | None = None,
+           cuts: np.ndarray | None = None) -> list[UnitSeries]:
+    """Per-unit standardised features and piecewise-linear RUL (time to the unit's last row, plus the RUL after
+    it); with ``cuts`` (units, n), n sequences per unit, each the unit's first cuts[i, j] rows."""
+    features = prep.transform(runs.features, runs.conditions)
+    out = []
+    for i, rows in enumerate(runs.units()):
+        unit = int(runs.unit[rows.start])
+        remaining = runs.time[rows.stop - 1] - runs.time[rows] + (after_last[unit] if after_last else 0.0)
+        rul = prep.rul(remaining, test)
+        lengths = cuts[i] if cuts is not None else [rows.stop - rows.start]
+        out.extend(UnitSeries(unit, features[rows][:n], rul[:n]) for n in lengths)
+    return out

@@ -1,0 +1,163 @@
+"""Unit splits: held-out cuts (protocol.val_cuts), the split seed, k-fold over units, the test-truth cap."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, cli_env, composed
+from grace_lit.config import validate
+from grace_lit.data.datamodule import RULDataModule
+from grace_lit.data.pipeline import RunToFailure, Runs
+from grace_lit.data.preprocess import fold_units, truncation_lengths
+from grace_lit.errors import GraceError
+from grace_lit.metrics import RMSE
+from test_data import reader
+
+LENGTHS = {1: 40, 2: 55, 3: 61, 4: 72, 5: 90}  # a small fleet: unit -> cycles to failure
+WINDOW = 10
+
+
+def fleet(**overrides) -> RunToFailure:
+    """Five run-to-failure units of known length (time = 1..L); a one-unit test set 20 cycles before failure."""
+    unit = np.concatenate([np.full(n, u) for u, n in LENGTHS.items()])
+    time = np.concatenate([np.arange(1, n + 1) for n in LENGTHS.values()]).astype(float)
+    features = np.random.default_rng(0).normal(size=(len(unit), 2))
+    train = Runs("fleet.csv", unit, time, features, features[:, :0], np.arange(1, len(unit) + 1))
+    test = Runs("test.csv", np.full(30, 9), np.arange(1.0, 31.0), features[:30], features[:30, :0],
+                np.arange(1, 31))
+    args = dict(name="fleet", train=train, test=test, test_rul={9: 20.0}, unit="unit", time="time",
+                features=["a", "b"], conditions=[], condition_mode="round", condition_decimals=[],
+                condition_clusters=0, condition_seed=0, condition_tolerance=0.0, max_rul=50, window=WINDOW,
+                stride=1, eval_stride=1, health_thresholds=[10, 20], pad_mode="edge", cap_test_rul=True,
+                select_metric="rmse_last")
+    return RunToFailure(**{**args, **overrides})
+
+
+def sequences(windows) -> list[tuple[int, int, float]]:
+    """(unit, rows, last-window RUL) of every sequence, read back from the windows (stride 1: rows = windows +
+    window - 1)."""
+    ends = np.flatnonzero(windows.is_last.numpy())
+    starts = np.r_[0, ends[:-1] + 1]
+    return [(int(windows.unit[e]), int(e - s + WINDOW), float(windows.rul[e])) for s, e in zip(starts, ends)]
+
+
+def test_each_held_out_unit_contributes_val_cuts_sequences():
+    source = fleet()
+    splits = source.build(np.array([1, 2, 4]), np.array([3, 5]), seed=7, val_cuts=3)
+    seqs = sequences(splits.val)
+    assert [u for u, _, _ in seqs] == [3, 3, 3, 5, 5, 5]  # unit order, cut order
+    for unit, rows, rul in seqs:  # each cut is the unit's first rows; its last target is the life left, capped
+        assert WINDOW <= rows <= LENGTHS[unit] and rul == min(LENGTHS[unit] - rows, 50)
+    assert [rows for _, rows, _ in seqs] == truncation_lengths(np.array([61, 90]), WINDOW, 7, 3).ravel().tolist()
+    assert len({rows for _, rows, _ in seqs}) > 2  # the cuts differ
+    # training windows never come from a held-out unit
+    assert set(splits.train.unit.unique().tolist()) == {1, 2, 4}
+
+
+def test_one_cut_is_todays_draw():
+    """val_cuts=1 draws exactly the cut points the single-cut holdout always drew: rng.integers(low, L + 1)."""
+    lengths = np.array([61, 90, 40])
+    expected = np.random.default_rng(11).integers(np.minimum(WINDOW, lengths), lengths + 1)
+    np.testing.assert_array_equal(truncation_lengths(lengths, WINDOW, 11)[:, 0], expected)
+
+
+def test_last_window_metrics_count_every_cut():
+    splits = fleet().build(np.array([1, 2]), np.array([3, 4, 5]), seed=1, val_cuts=4)
+    val = splits.val
+    last_targets = np.array([rul for _, _, rul in sequences(val)])
+    assert len(last_targets) == 12 and int(val.is_last.sum()) == 12
+    metric = RMSE(last_only=True)
+    metric.update(torch.full_like(val.rul, 25.0), val.rul, val.is_last)
+    assert float(metric.compute()) == pytest.approx(np.sqrt(np.mean((25.0 - last_targets) ** 2)), rel=1e-6)
+
+
+def test_split_seed_draws_the_split_and_seed_does_not(data_cache):
+    def held(seed: int, split_seed: int) -> list[int]:
+        dm = RULDataModule(reader(data_cache), "holdout", 0.2, 64, 256, seed=seed, split_seed=split_seed)
+        dm.setup()
+        return sorted(dm.splits.val.unit.unique().tolist())
+
+    assert held(1, 3) == held(2, 3) == held(3, 3)  # the training seed does not move the held-out units
+    assert held(1, 3) != held(1, 4)
+    default = RULDataModule(reader(data_cache), "holdout", 0.2, 64, 256, seed=3)  # split_seed defaults to seed
+    default.setup()
+    assert sorted(default.splits.val.unit.unique().tolist()) == held(1, 3)
+
+
+def test_folds_by_hand():
+    units = np.arange(1, 11)
+    held = [fold_units(units, 3, k, seed=5)[1].tolist() for k in range(3)]
+    perm = np.random.default_rng(5).permutation(units)  # the seeded order, cut into 4 + 3 + 3
+    assert held == [sorted(perm[:4].tolist()), sorted(perm[4:7].tolist()), sorted(perm[7:].tolist())]
+    for k in range(3):
+        fit, out = fold_units(units, 3, k, seed=5)
+        assert not set(fit) & set(out) and sorted([*fit, *out]) == units.tolist()
+
+
+@pytest.mark.parametrize("folds", [2, 5, 7])
+def test_every_unit_held_out_exactly_once(folds):
+    units = np.arange(1, 101)
+    held = np.concatenate([fold_units(units, folds, k, seed=42)[1] for k in range(folds)])
+    assert sorted(held.tolist()) == units.tolist()
+    sizes = [len(fold_units(units, folds, k, seed=42)[1]) for k in range(folds)]
+    assert max(sizes) - min(sizes) <= 1
+    assert fold_units(units, folds, 1, seed=42)[1].tolist() == fold_units(units, folds, 1, seed=42)[1].tolist()
+    assert fold_units(units, folds, 1, seed=42)[1].tolist() != fold_units(units, folds, 1, seed=43)[1].tolist()
+
+
+@pytest.mark.parametrize("folds, fold", [(1, 0), (3, 3), (3, -1), (101, 0)])
+def test_bad_folds_are_refused(folds, fold):
+    with pytest.raises(GraceError, match="protocol.folds"):
+        fold_units(np.arange(1, 101), folds, fold, seed=0)
+
+
+def test_folds_in_the_datamodule(data_cache):
+    held = []
+    for k in range(5):
+        dm = RULDataModule(reader(data_cache), "holdout", 0.2, 64, 256, seed=0, split_seed=9, folds=5, fold=k,
+                           val_cuts=2)
+        dm.setup()
+        val = set(dm.splits.val.unit.unique().tolist())
+        assert len(val) == 20 and not val & set(dm.splits.train.unit.unique().tolist())
+        assert int(dm.splits.val.is_last.sum()) == 40  # two cuts per held-out unit
+        held.extend(val)
+    assert sorted(held) == list(range(1, 101))
+    with pytest.raises(GraceError, match="protocol=holdout"):
+        RULDataModule(reader(data_cache), "paper", 0.0, 64, 256, seed=0, folds=5, fold=0)
+
+
+def test_cap_test_rul(data_cache, cmapss_dir):
+    truth = np.loadtxt(cmapss_dir / "RUL_FD002.txt")
+    r = reader(data_cache, "FD002", cap_test_rul=False)
+    test = r.build(r.train_units(), np.array([], dtype=np.int64), seed=0).test
+    last = test.is_last.numpy()
+    np.testing.assert_array_equal(test.rul.numpy()[last], truth)
+    assert int((truth > 125).sum()) == 57  # the test units the cap changes (of 259)
+    assert float(test.rul.max()) > 125 and int(test.unit.unique().numel()) == 259
+
+
+def test_cli_records_the_split_in_metrics_json(data_cache, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "grace_lit.train", "dataset=FD001", "model=small", "protocol=holdout",
+                          "protocol.folds=4", "protocol.fold=1", "protocol.val_cuts=3", "data.split_seed=7",
+                          "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path}"],
+                         cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["folds"], metrics["fold"], metrics["val_cuts"], metrics["split_seed"], metrics["seed"]) == (
+        4, 1, 3, 7, 42)
+
+
+@pytest.mark.parametrize("override, key", [
+    (["protocol.val_cuts=0"], "protocol.val_cuts=0"),
+    (["protocol.folds=4", "protocol.fold=4"], "protocol.fold=4"),
+    (["data.split_seed=1.5"], "data.split_seed=1.5"),
+    (["dataset.cap_test_rul=1"], "dataset.cap_test_rul=1"),
+])
+def test_bad_split_keys_fail_validation(override, key):
+    with pytest.raises(GraceError, match=key):
+        validate(composed(["protocol=holdout", *override]))
