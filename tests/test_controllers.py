@@ -76,7 +76,7 @@ def test_gradnorm_update_and_renormalisation():
         stepped = [w[i] - 0.1 * grad[i] for i in range(2)]
         w = [2 * s / sum(stepped) for s in stepped]
 
-        weights, aux = gn(torch.tensor(losses), torch.tensor(norms))
+        weights, aux = gn(torch.tensor(losses), torch.diag(torch.tensor(norms) ** 2))  # the norms' Gramian
         assert not weights.requires_grad  # the task losses do not push the weights
         assert aux.item() == pytest.approx(sum(abs(G[i] - target[i]) for i in range(2)), rel=1e-6)
         opt.zero_grad()
@@ -116,7 +116,7 @@ def test_fixed_and_single_task():
 ])
 def test_log_values(make, names):
     controller = make()
-    weights, _ = controller(torch.tensor([4.0, 1.0]), torch.tensor([2.0, 1.0]))
+    weights, _ = controller(torch.tensor([4.0, 1.0]), torch.diag(torch.tensor([4.0, 1.0])))
     values = controller.log_values()
     assert set(values) == names
     torch.testing.assert_close(torch.stack([values["weight_rul"], values["weight_health"]]), weights.detach())
@@ -129,7 +129,7 @@ def test_state_dict_round_trip(make):
     a = make()
     opt = torch.optim.SGD(a.parameters(), lr=0.1) if list(a.parameters()) else None
     for losses in ([4.0, 1.0], [3.0, 0.5]):
-        weights, aux = a(torch.tensor(losses), torch.tensor([2.0, 1.0]))
+        weights, aux = a(torch.tensor(losses), torch.diag(torch.tensor([4.0, 1.0])))
         if opt:
             opt.zero_grad()
             ((weights * torch.tensor(losses)).sum() + (aux if aux is not None else 0)).backward()
@@ -137,7 +137,7 @@ def test_state_dict_round_trip(make):
             a.after_step()
     b = make()
     b.load_state_dict(a.state_dict())
-    nxt = (torch.tensor([2.0, 0.4]), torch.tensor([1.0, 1.0]))
+    nxt = (torch.tensor([2.0, 0.4]), torch.eye(2))
     (wa, aux_a), (wb, aux_b) = a(*nxt), b(*nxt)  # GradNorm's aux depends on L(0): it must survive too
     torch.testing.assert_close(wa, wb)
     if aux_a is not None:

@@ -230,11 +230,11 @@ def test_skip_leaves_no_trace_and_counts_the_skips(tmp_path):
     # over its whole batch); only batches 2 and 3 (unit 2) are finite
     module, trainer = fit(series(nan_row=6), "skip", tmp_path / "skip")
     clean, _ = fit(Subset(series(), range(8, 16)), "raise", tmp_path / "clean")  # unit 2 only, same batches
-    assert module.nonfinite_skips == 2 * 3 and trainer.global_step == 2 * 3
+    assert module.nonfinite.skips == 2 * 3 and trainer.global_step == 2 * 3
     # every parameter, BatchNorm statistic, controller EMA and counter equals training on the clean batches alone
     reference = clean.state_dict()
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, reference[key], rtol=0, atol=0, msg=key)
     assert module.controller._steps == 6
     saved = torch.load(tmp_path / "skip" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["nonfinite_skips"] == 6  # metrics.json reports module.nonfinite_skips; a resume keeps counting
+    assert saved["nonfinite_skips"] == 6  # metrics.json reports module.nonfinite.skips; a resume keeps counting

@@ -60,8 +60,8 @@ def test_gaba_state_dict_round_trip():
     assert clone.update(nxt).tolist() == gaba.update(nxt).tolist()
 
 
-def test_gaba_without_grad_is_uniform():
+def test_gaba_asks_for_no_gradients_under_no_grad():
     gaba = GABA(warmup_steps=0)
     with torch.no_grad():
-        assert gaba.norm_scope() == "none"
-    assert gaba.norm_scope() == "shared"
+        assert gaba.gradient_scope() == "none"
+    assert gaba.gradient_scope() == "shared"

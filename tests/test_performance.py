@@ -70,7 +70,8 @@ class SyncRecorder(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, *args) -> None:
         self.on = True
-        self.pending_flags.append(pl_module._pending[0] if pl_module._pending else None)
+        pending = pl_module.nonfinite._pending  # white box: which flag the guard holds back
+        self.pending_flags.append(pending[0] if pending else None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx < trainer.num_training_batches - 1:

@@ -60,7 +60,7 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, 
         else None,
         "best_epoch": best_epoch, "epochs_run": trainer.current_epoch, "wall_time_s": round(wall_time_s, 2),
         "n_params": n_params, "device": device_name(trainer), "world_size": trainer.world_size,
-        "nonfinite_skips": module.nonfinite_skips,
+        "nonfinite_skips": module.nonfinite.skips,
     }
     summary.update({k: float(metrics[k]) if k in metrics else None for k in TEST_KEYS})
     return summary

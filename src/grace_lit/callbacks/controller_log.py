@@ -1,5 +1,6 @@
 """Per-epoch controller log: the epoch mean of every value the controller exposes (weights, gradient norms,
-raw weights, loss EMAs, log-variances), written to a CSV in the run directory and to the Lightning logger.
+raw weights, loss EMAs, log-variances) and of the cosine between the task gradients where the step measured
+them, written to a CSV in the run directory and to the Lightning logger.
 
 Values stay on the device during the epoch; they cross to the host once, at the epoch end.
 """
@@ -33,7 +34,8 @@ class ControllerLog(L.Callback):
         if trainer.global_step == self._seen_step:  # a skipped (non-finite) step: its values are not the run's
             return
         self._seen_step = trainer.global_step
-        for key, value in pl_module.controller.log_values().items():
+        values = {**pl_module.controller.log_values(), **pl_module.gradient_step.log_values()}
+        for key, value in values.items():
             value = value.detach().float()
             self._sums[key] = self._sums[key] + value if key in self._sums else value
             self._counts[key] = self._counts.get(key, 0) + 1

@@ -19,7 +19,7 @@ class AMNL(Controller):
         self.register_buffer("initialised", torch.tensor(False))
         self.last_weights = self.task_weights.clone()
 
-    def forward(self, losses: torch.Tensor, norms: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+    def forward(self, losses: torch.Tensor, gramian: torch.Tensor | None) -> tuple[torch.Tensor, None]:
         current = losses.detach().to(self.loss_ema)
         blended = self.decay * self.loss_ema + (1.0 - self.decay) * current
         self.loss_ema.copy_(torch.where(self.initialised, blended, current))

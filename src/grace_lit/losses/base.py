@@ -1,20 +1,17 @@
-"""The interface every outer controller implements, and the gradient-norm measurement they share.
+"""The interface every outer controller implements, shaped like torchjd's ``Weighting``.
 
-Per training step the LightningModule asks ``norm_scope()`` which per-task gradient norms the controller needs
-this step ("none", "shared" = all backbone parameters, "last_shared" = the last backbone layer, "features" = the
-backbone output), measures them, and calls ``forward(losses, norms)``. The controller returns the per-task
-weights applied to the task losses and an optional auxiliary loss for its own parameters; the module
-differentiates ``(weights * losses).sum() + aux``. ``after_step()`` runs after each optimizer step.
+Per training step the gradient step (``grace_lit.gradients``) asks ``gradient_scope()`` where the controller needs
+the task gradients measured ("none", "shared" = all backbone parameters, "last_shared" = the last backbone
+layer), builds the K x K Gramian G_ij = <grad L_i, grad L_j> there, and calls ``forward(losses, gramian)``. The
+controller returns the per-task weights applied to the task losses and an optional auxiliary loss for its own
+parameters; the update is sum_i w_i grad L_i (+ the gradient of aux on the controller's parameters).
+``after_step()`` runs after each optimizer step. Gradient norms are the Gramian's diagonal, the conflict between
+tasks its off-diagonal: two tasks' Gramian is three dot products.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
-
-SCOPES = ("none", "shared", "last_shared", "features")
-
 
 class Controller(nn.Module):
     """Base class: subclasses set ``scope`` and implement ``forward``; learnable ones also set ``lr``."""
@@ -27,11 +24,12 @@ class Controller(nn.Module):
         super().__init__()
         self.n_tasks = n_tasks
 
-    def norm_scope(self) -> str:
-        """Where the next call needs per-task gradient norms measured ("none" skips the measurement)."""
+    def gradient_scope(self) -> str:
+        """Where the next call needs the task gradients' Gramian ("none" skips the measurement)."""
         return self.scope
 
-    def forward(self, losses: torch.Tensor, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, losses: torch.Tensor, gramian: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
     def after_step(self) -> None:
@@ -46,12 +44,12 @@ def task_names(n_tasks: int) -> list[str]:
     return ["rul", "health"] if n_tasks == 2 else [f"task{i}" for i in range(n_tasks)]
 
 
-def grad_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    """L2 norm of a list of gradients treated as one vector (None = parameter untouched by this loss)."""
-    present = [g for g in grads if g is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
+def norms(gramian: torch.Tensor) -> torch.Tensor:
+    """Per-task gradient norms: the square roots of the Gramian's diagonal."""
+    return gramian.diagonal().sqrt()
 
 
-def task_grads(losses: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor | None, ...]]:
-    """Per-task gradients of ``losses`` w.r.t. ``inputs`` (parameters or activations), graph retained."""
-    return [torch.autograd.grad(loss, list(inputs), retain_graph=True, allow_unused=True) for loss in losses]
+def cosine(gramian: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """Cosine between tasks i and j's gradients (0 when either gradient is zero)."""
+    scale = (gramian[i, i] * gramian[j, j]).sqrt().clamp_min(torch.finfo(gramian.dtype).tiny)
+    return gramian[i, j] / scale

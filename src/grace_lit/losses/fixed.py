@@ -11,7 +11,7 @@ class FixedWeights(Controller):
         super().__init__(len(weights))
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
 
-    def forward(self, losses: torch.Tensor, norms: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+    def forward(self, losses: torch.Tensor, gramian: torch.Tensor | None) -> tuple[torch.Tensor, None]:
         return self.weights.to(losses), None
 
     def log_values(self) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from grace_lit.losses.base import Controller, task_names
+from grace_lit.losses.base import Controller, norms, task_names
 
 
 class GABA(Controller):
@@ -35,7 +35,7 @@ class GABA(Controller):
         """Whether the next ``update`` falls inside the warmup gate."""
         return self._steps + 1 <= self.warmup_steps
 
-    def norm_scope(self) -> str:
+    def gradient_scope(self) -> str:
         return "none" if self.in_warmup() or not torch.is_grad_enabled() else self.scope
 
     def update(self, grad_norms: torch.Tensor | None) -> torch.Tensor:
@@ -56,8 +56,8 @@ class GABA(Controller):
         self.last_weights = weights
         return weights
 
-    def forward(self, losses: torch.Tensor, norms: torch.Tensor | None) -> tuple[torch.Tensor, None]:
-        return self.update(norms), None
+    def forward(self, losses: torch.Tensor, gramian: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        return self.update(None if gramian is None else norms(gramian)), None
 
     def log_values(self) -> dict[str, torch.Tensor]:
         names = task_names(self.n_tasks)

@@ -3,7 +3,8 @@
 G_i = w_i ||grad_W L_i|| on the last shared layer W (``scope``), with the measured norms detached, so only the
 weights receive the GradNorm loss sum_i |G_i - mean(G) r_i^alpha|, where r_i = (L_i / L_i(0)) / mean_j(L_j /
 L_j(0)) and the targets are detached. The task losses are weighted by the detached w, so they do not push the
-weights. After each optimizer step the weights are renormalised to sum to K (and kept above ``min_weight``).
+weights. After each optimizer step the weights are clamped at ``min_weight`` (which keeps them positive) and
+rescaled to sum to K; the rescaling can take a clamped weight slightly below ``min_weight`` again.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from grace_lit.errors import GraceError
-from grace_lit.losses.base import Controller, task_names
+from grace_lit.losses.base import Controller, norms, task_names
 
 
 class GradNorm(Controller):
@@ -26,13 +27,14 @@ class GradNorm(Controller):
         self.register_buffer("initialised", torch.tensor(False))
         self.last_norms: torch.Tensor | None = None
 
-    def forward(self, losses: torch.Tensor, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, losses: torch.Tensor, gramian: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         current = losses.detach().to(self.initial_losses)
         self.initial_losses.copy_(torch.where(self.initialised, self.initial_losses, current))
         self.initialised.fill_(True)
-        if norms is None:  # no gradients (evaluation): the weights as they are
+        if gramian is None:  # no gradients (evaluation): the weights as they are
             return self.weights.detach().to(losses), None
-        self.last_norms = norms.detach()
+        self.last_norms = norms(gramian).detach()
         weighted = self.weights * self.last_norms.to(self.weights)
         ratios = current / self.initial_losses
         relative = ratios / ratios.mean()

@@ -20,7 +20,7 @@ class Uncertainty(Controller):
         self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32))
         self.log_vars = nn.Parameter(torch.zeros(self.n_tasks))
 
-    def forward(self, losses: torch.Tensor, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, losses: torch.Tensor, gramian: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.scales * torch.exp(-self.log_vars)
         return weights.to(losses), 0.5 * self.log_vars.sum().to(losses)
 
