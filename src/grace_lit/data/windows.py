@@ -32,6 +32,9 @@ def health_labels(rul: np.ndarray, thresholds: list[float]) -> np.ndarray:
 class WindowSet(Dataset):
     """Windows of length ``window`` ending at every ``stride``-th row of each unit, the last row always included.
 
+    A "unit" here is one sequence: a held-out unit cut several times (protocol.val_cuts) gives several, each
+    with its own last window (``is_last``), and the last-window metrics count every one of them.
+
     Units shorter than the window are front-padded (``pad_mode``: ``edge`` repeats the first row, ``zero`` uses
     zeros, i.e. the training mean after standardisation). Windows never cross units.
     """
@@ -45,7 +48,7 @@ class WindowSet(Dataset):
             raise GraceError(f"dataset.pad_mode={pad_mode!r} is not one of 'edge', 'zero'.")
         if not units:
             raise GraceError("No units to build windows from. Fix: check the dataset split settings.")
-        blocks, starts, ends_rul, ends_health, unit_ids, is_last = [], [], [], [], [], []
+        blocks, starts, ends_rul, ends_health, unit_ids, is_last, end_rows = [], [], [], [], [], [], []
         offset = 0
         for u in units:
             feats = u.features
@@ -60,6 +63,7 @@ class WindowSet(Dataset):
             ends_health.append(health_labels(u.rul[ends - pad], health_thresholds) if u.health is None
                                else u.health[ends - pad])
             unit_ids.append(np.full(len(ends), u.unit))
+            end_rows.append(ends - pad)
             last = np.zeros(len(ends), dtype=bool)
             last[-1] = True
             is_last.append(last)
@@ -71,6 +75,7 @@ class WindowSet(Dataset):
         self.health = torch.from_numpy(np.concatenate(ends_health).astype(np.int64))
         self.unit = torch.from_numpy(np.concatenate(unit_ids).astype(np.int64))
         self.is_last = torch.from_numpy(np.concatenate(is_last))
+        self.end_row = np.concatenate(end_rows)  # each window's last row within its unit's series (host side)
         self._offsets = torch.arange(window)
 
     @property
