@@ -9,8 +9,8 @@ The variant is the run's remaining command-line overrides (``model=small trainer
 
 Written to ``--out`` (default: the directory given, or the common parent of several): ``report.csv``,
 ``report.md`` (one table per protocol and dataset, each naming its protocol and selection rule, then the
-failed and unfinished runs), ``runs.csv``, ``report_<protocol>.png``; and each run's figures in
-``<run>/plots/``.
+failed and unfinished runs, then the paired comparisons of ``grace_lit.stats``), ``paired.csv``, ``runs.csv``,
+``report_<protocol>.png``; and each run's figures in ``<run>/plots/``.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from omegaconf import OmegaConf
 
 from grace_lit.errors import GraceError
 from grace_lit.io import atomic_write_csv, atomic_write_text
+from grace_lit.stats import markdown as paired_markdown
+from grace_lit.stats import paired_comparisons, rank_table
 
 GROUP = ("protocol", "dataset", "loss", "rul_loss", "variant")
 # metrics.json key -> (column stem, Markdown heading, number format)
@@ -106,7 +108,7 @@ def load_run(path: Path) -> dict[str, Any]:
         except ValueError as err:
             metrics = {"status": "unreadable", "error": f"{metrics_path}: {err}"}
     row = {"run": str(path), "status": metrics.get("status", "unreadable"),
-           **{k: metrics.get(k) for k in ("protocol", "selection", "dataset", "loss", "rul_loss", "seed")},
+           **{k: metrics.get(k) for k in ("protocol", "selection", "dataset", "loss", "rul_loss", "seed", "fold")},
            "variant": variant(run_overrides(path, metrics)),
            **{k: metrics.get(k) for k in METRICS}, "error": metrics.get("error")}
     return row
@@ -193,12 +195,14 @@ def default_out(paths: Sequence[Path]) -> Path:
     return paths[0] if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))
 
 
-def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool) -> str:
+def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool, reference: str = "gaba") -> str:
     runs = collect(paths)
     table = summarize(runs)
-    text = markdown(table, runs)
+    paired = paired_comparisons(runs, reference)  # grace_lit.stats: each controller against the reference
+    text = markdown(table, runs) + paired_markdown(paired, rank_table(runs), reference, "test/rmse_last", md_table)
     atomic_write_csv(out / "runs.csv", runs)
     atomic_write_csv(out / "report.csv", table)
+    atomic_write_csv(out / "paired.csv", paired)
     atomic_write_text(out / "report.md", text)
     if plots:
         from grace_lit.plots import plot_run, sweep_bars  # matplotlib only when plotting
@@ -221,10 +225,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trajectory-units", type=int, default=4,
                         help="test units whose full RUL trajectory is re-scored and plotted per run (0: none)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--reference", default="gaba", help="controller the paired comparisons are made against")
     args = parser.parse_args(argv)
     out = args.out or default_out(args.paths)
     try:
-        print(report(args.paths, out, args.trajectory_units, plots=not args.no_plots))
+        print(report(args.paths, out, args.trajectory_units, plots=not args.no_plots, reference=args.reference))
     except GraceError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
