@@ -9,11 +9,14 @@ from functools import partial
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from grace_lit.callbacks.plateau import PlateauLR
 from grace_lit.data.windows import UnitSeries, WindowSet, batch_as_is
 from grace_lit.losses.gaba import GABA
 from grace_lit.losses.rul import WMSE
@@ -126,3 +129,35 @@ def test_epoch_end_closes_an_unfinished_accumulation_cycle(accumulate, epochs, s
                         limit_val_batches=0)
     trainer.fit(module, DataLoader(data, batch_size=5, collate_fn=batch_as_is))  # 16 windows: 5, 5, 5, 1
     assert trainer.global_step == steps
+
+
+class ScriptedMetric(L.Callback):
+    """Logs a constant selection metric (so the plateau cuts after every epoch past the first) and records the
+    learning rate each epoch's steps actually use."""
+
+    def __init__(self):
+        self.used: dict[int, float] = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.log("scripted", 1.0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.used[trainer.current_epoch] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_logged_lr_is_the_one_the_epoch_used(tmp_path):
+    """The plateau cuts at the end of an epoch's validation, before the epoch's metrics are written: the logged
+    lr must still be the one that epoch's steps used."""
+    data = tiny_batch()
+    script = ScriptedMetric()
+    module = GraceModule(tiny_model(), GABA(warmup_steps=0), WMSE(125.0), partial(torch.optim.SGD, lr=0.01),
+                         grad_clip=1.0)
+    plateau = PlateauLR(monitor="scripted", factor=0.5, patience=0, min_lr=0.0, warmup_epochs=0)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=4, precision="64-true", logger=CSVLogger(tmp_path),
+                        callbacks=[script, plateau], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    loader = DataLoader(data, batch_size=len(data), collate_fn=batch_as_is)
+    trainer.fit(module, loader, loader)
+    logged = pd.read_csv(next(tmp_path.rglob("metrics.csv"))).dropna(subset=["lr"]).set_index("epoch")["lr"]
+    assert script.used == {0: 0.01, 1: 0.01, 2: 0.005, 3: 0.0025}  # by hand: a cut after epochs 1 and 2
+    assert logged.to_dict() == pytest.approx(script.used, rel=1e-6)  # logged as float32
