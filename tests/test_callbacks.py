@@ -1,0 +1,222 @@
+"""Every pipeline stage in a real ``lightning.Trainer`` against a trajectory computed by hand.
+
+The module is ``GraceModule`` on the tiny float64 model of tests/test_module.py, its 16 windows as training and
+validation data; the stages are the composed config's callbacks (small overrides where the defaults would need
+hundreds of epochs). ``Trace`` records what each stage left behind: per training batch the epoch, each parameter
+group's lr and weight decay, and after the step the parameters and the controller's logged values.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from conftest import composed
+from grace_lit.data.windows import batch_as_is
+from grace_lit.losses.fixed import FixedWeights
+from grace_lit.losses.gaba import GABA
+from grace_lit.losses.rul import WMSE
+from grace_lit.losses.uncertainty import Uncertainty
+from grace_lit.module import GraceModule
+from test_module import tiny_batch, tiny_model
+
+MAX_RUL = 125.0
+
+
+class Trace(L.Callback):
+    def __init__(self):
+        self.batches: list[dict] = []
+        self.evaluated: list[list[torch.Tensor]] = []  # the parameters each evaluation ran with
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        self.batches.append(dict(epoch=trainer.current_epoch, lr=[g["lr"] for g in groups],
+                                 wd=[g["weight_decay"] for g in groups]))
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.batches[-1].update(step=trainer.global_step,
+                                params=[p.detach().clone() for p in pl_module.model.parameters()],
+                                logged={k: v.detach().clone() for k, v in pl_module.controller.log_values().items()})
+
+    def on_validation_batch_start(self, trainer, pl_module, *args):
+        self.evaluated.append([p.detach().clone() for p in pl_module.model.parameters()])
+
+    def per_epoch(self, key: str) -> dict[int, list[float]]:
+        """``key`` at the first batch of every epoch."""
+        out: dict[int, list[float]] = {}
+        for b in self.batches:
+            out.setdefault(b["epoch"], b[key])
+        return out
+
+
+class Scripted(L.Callback):
+    """Logs ``values[epoch]`` as the metric ``scripted`` at the end of every evaluation."""
+
+    def __init__(self, values: list[float]):
+        self.values = values
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        pl_module.log("scripted", self.values[trainer.current_epoch])
+
+
+class FastForward(L.Callback):
+    """After the epochs in ``jumps`` the next epoch is ``jumps[epoch]`` (Lightning's epoch counter, moved)."""
+
+    def __init__(self, jumps: dict[int, int]):
+        self.jumps = jumps
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        to = self.jumps.get(trainer.current_epoch)
+        if to is not None:  # the loop has counted this epoch processed and adds one to completed after this hook
+            progress = trainer.fit_loop.epoch_progress.current
+            progress.ready = progress.started = progress.processed = to
+            progress.completed = to - 1
+
+
+def stages(*names: str, overrides: list[str] = ()) -> list[L.Callback]:
+    cfg = composed(["monitor=scripted", *overrides])
+    return [instantiate(cfg.callbacks[name]) for name in names]
+
+
+def fit(callbacks: list[L.Callback], epochs: int, controller=None, optimizer=None, batch_size: int = 16,
+        grad_clip: float = 1e12, accumulate: int = 1, root: Path | None = None, **trainer_args) -> Trace:
+    trace = Trace()
+    module = GraceModule(tiny_model(), controller or FixedWeights([0.5, 0.5]), WMSE(MAX_RUL),
+                         optimizer or partial(torch.optim.SGD, lr=1e-3), grad_clip=grad_clip, accumulate=accumulate)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, precision="64-true", logger=False,
+                        callbacks=[*callbacks, trace], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,
+                        **trainer_args)
+    data = tiny_batch()
+    trainer.fit(module, DataLoader(data, batch_size=batch_size, collate_fn=batch_as_is),
+                DataLoader(data, batch_size=len(data), collate_fn=batch_as_is))
+    trace.trainer, trace.module = trainer, module
+    return trace
+
+
+# ------------------------------------------------------------------------------------- learning rate
+def test_lr_through_warmup_and_plateau():
+    """Warmup over 3 epochs from 0.1 x base, both groups (the model's, base 0.1; Uncertainty's own, base 0.2), then
+    ReduceLROnPlateau (factor 0.5, patience 2, min_lr 0.03) on a scripted metric. The metric is best (1.0) during
+    warmup, which the plateau must not see; from epoch 3 on: 5, 5, 4 (improves), then 4.5 for ever, so the cuts
+    come after epochs 8 (three epochs without improvement since 4) and 11 (three more; 0.025 is floored to 0.03)."""
+    metric = [1.0, 1.0, 1.0, 5.0, 5.0, 4.0] + [4.5] * 8
+    callbacks = [Scripted(metric), *stages("lr_warmup", "plateau", overrides=[
+        "callbacks.lr_warmup.epochs=3", "callbacks.plateau.patience=2", "callbacks.plateau.min_lr=0.03"])]
+    trace = fit(callbacks, epochs=len(metric), controller=Uncertainty(scales=[0.5, 1.0], lr=0.2),
+                optimizer=partial(torch.optim.SGD, lr=0.1))
+    factor = [0.1, 0.1 + 0.9 / 3, 0.1 + 0.9 * 2 / 3] + [1.0] * 6 + [0.5] * 3 + [None] * 2
+    expected = {e: [0.1 * f, 0.2 * f] if f else [0.03, 0.05] for e, f in enumerate(factor)}
+    lrs = trace.per_epoch("lr")
+    assert list(lrs) == list(expected)
+    for epoch, lr in expected.items():
+        assert lrs[epoch] == pytest.approx(lr, rel=1e-12), epoch
+
+
+def test_plateau_counts_nothing_before_warmup_ends():
+    """A metric that never improves after epoch 0 cuts nothing while the warmup runs (epochs 0-3): the plateau
+    starts counting at epoch 3, so its first cut comes after epoch 6, not after epoch 3."""
+    metric = [1.0] + [2.0] * 7
+    trace = fit([Scripted(metric), *stages("lr_warmup", "plateau", overrides=[
+        "callbacks.lr_warmup.epochs=3", "callbacks.plateau.patience=2"])], epochs=len(metric),
+        optimizer=partial(torch.optim.SGD, lr=0.1))
+    assert [lr[0] for lr in trace.per_epoch("lr").values()][3:] == pytest.approx([0.1] * 4 + [0.05], rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------- weight decay
+def test_weight_decay_around_both_milestones():
+    """The composed schedule (x0.5 from epoch 100, x0.1 from 200) with the composed AdamW (wd 1e-4): epochs 98-101
+    and 198-201, the epoch counter fast-forwarded in between. The controller's group keeps no weight decay."""
+    trace = fit([*stages("weight_decay"), FastForward({1: 98, 101: 198})], epochs=202,
+                controller=Uncertainty(scales=[0.5, 1.0], lr=0.2), optimizer=instantiate(composed().optimizer),
+                limit_val_batches=0)
+    expected = {0: 1e-4, 1: 1e-4, 98: 1e-4, 99: 1e-4, 100: 5e-5, 101: 5e-5, 198: 5e-5, 199: 5e-5, 200: 1e-5,
+                201: 1e-5}
+    wd = trace.per_epoch("wd")
+    assert list(wd) == list(expected)
+    for epoch, value in expected.items():
+        assert wd[epoch] == pytest.approx([value, 0.0], rel=1e-12), epoch
+
+
+# ------------------------------------------------------------------------------------- early stopping
+def test_early_stopping_after_patience_epochs_without_improvement():
+    """Best at epoch 2; with patience 3 epochs 3, 4 and 5 do not improve (equal is no improvement), so the run
+    stops after epoch 5 of 20."""
+    metric = [3.0, 2.0, 1.0, 1.0, 1.5, 1.0] + [0.5] * 14
+    trace = fit([Scripted(metric), *stages("early_stopping", overrides=["callbacks.early_stopping.patience=3"])],
+                epochs=len(metric))
+    assert list(trace.per_epoch("lr")) == list(range(6))
+
+
+# ------------------------------------------------------------------------------------- gradient clip
+def test_step_is_clipped_to_the_global_norm():
+    """One SGD(lr=1) step with clip 1e-3: the update equals minus the combined gradient scaled by
+    clip / (norm + 1e-6) (torch's clip_grad_norm_), everything computed here from the model and the batch."""
+    clip = 1e-3
+    trace = fit([], epochs=1, optimizer=partial(torch.optim.SGD, lr=1.0), grad_clip=clip, limit_val_batches=0)
+    model, data = tiny_model(), tiny_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    x, rul, health, _, _ = data.__getitems__(list(range(len(data))))
+    rul_pred, logits = model(x.double())
+    total = 0.5 * WMSE(MAX_RUL)(rul_pred, rul.double()) + 0.5 * F.cross_entropy(logits, health)
+    grads = torch.autograd.grad(total, params)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    assert norm > 100 * clip  # the clip binds
+    scale = clip / (norm + 1e-6)
+    for after, before, g in zip(trace.batches[0]["params"], params, grads):
+        torch.testing.assert_close(after, before.detach() - scale * g, rtol=0, atol=1e-15)
+    assert trace.trainer.callback_metrics["train/grad_norm"].item() == pytest.approx(norm.item(), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------- EMA
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_ema_after_every_optimizer_step_and_evaluated(accumulate):
+    """EMA (decay 0.5) over 3 epochs of 3 batches: the shadow follows s = 0.5 s + 0.5 p after every optimizer step
+    (after every batch with accumulate=1; after batches 2 and 3 of each epoch with accumulate=2), every evaluation
+    runs with the shadow of its epoch's end, and the live weights come back afterwards."""
+    start = [p.detach().clone() for p in tiny_model().parameters()]
+    ema, = stages("ema", overrides=["callbacks.ema.decay=0.5"])
+    trace = fit([ema], epochs=3, batch_size=6, accumulate=accumulate)
+    steps = [b for i, b in enumerate(trace.batches) if b["step"] != (trace.batches[i - 1]["step"] if i else 0)]
+    assert len(steps) == trace.trainer.global_step == 3 * (3 if accumulate == 1 else 2)
+    shadow, shadows = start, []
+    for b in steps:
+        shadow = [0.5 * s + 0.5 * p for s, p in zip(shadow, b["params"])]
+        shadows.append(shadow)
+    per_epoch = len(steps) // 3
+    for epoch, evaluated in enumerate(trace.evaluated):
+        for got, want in zip(evaluated, shadows[(epoch + 1) * per_epoch - 1]):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    for got, want in zip(ema.shadow, shadow):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    for live, last in zip(trace.module.model.parameters(), steps[-1]["params"]):
+        assert torch.equal(live, last)
+
+
+# ------------------------------------------------------------------------------------- controller log
+def test_controller_log_epoch_values_are_the_means_of_the_steps(tmp_path):
+    """GABA (one warmup step, beta 0.5) over 2 epochs of 3 steps: each row of controller_log.csv holds the epoch
+    mean of every value the controller logged after its steps (the norms: over the steps that measured them)."""
+    log, = stages("controller_log")
+    trace = fit([log], epochs=2, batch_size=6, root=tmp_path, controller=GABA(beta=0.5, warmup_steps=1),
+                limit_val_batches=0)
+    rows = pd.read_csv(tmp_path / "controller_log.csv")
+    assert rows["epoch"].tolist() == [0, 1] and rows["step"].tolist() == [3, 6]
+    for epoch, row in rows.iterrows():
+        steps = [b["logged"] for b in trace.batches if b["epoch"] == epoch]
+        keys = set().union(*steps)
+        assert {"weight_rul", "weight_health", "g_rul", "g_health"} <= keys <= set(row.index)
+        for key in keys:
+            mean = torch.stack([s[key] for s in steps if key in s]).mean().item()
+            assert row[key] == pytest.approx(mean, rel=1e-6), (epoch, key)
+    weights = torch.stack([b["logged"]["weight_rul"] for b in trace.batches])
+    assert weights.std() > 1e-3  # the weights move: the means are not those of a constant
+    last = trace.trainer.callback_metrics["controller/weight_rul"].item()
+    assert last == pytest.approx(rows["weight_rul"].iloc[-1], rel=1e-6)
