@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+# one all-reduce for many tensors needs them packed in one buffer; torch's only packing helpers are these private
+# ones (what DDP and its comm hooks use themselves)
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
