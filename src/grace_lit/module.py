@@ -102,6 +102,7 @@ class GraceModule(L.LightningModule):
         # the plateau's cut for the next epoch, which lands before on_train_epoch_end
         group = self.optimizers().param_groups[0]
         self.log_dict({"lr": group["lr"], "weight_decay": group["weight_decay"]}, on_step=False, on_epoch=True)
+        self.controller.before_epoch()
 
     def on_train_epoch_end(self) -> None:
         self.nonfinite.check()

@@ -35,6 +35,9 @@ class Controller(nn.Module):
     def after_step(self) -> None:
         """Hook after ``optimizer.step()`` (GradNorm renormalises its weights here)."""
 
+    def before_epoch(self) -> None:
+        """Hook at the start of every training epoch (DWA turns the last epoch's mean losses into weights here)."""
+
     def log_values(self) -> dict[str, torch.Tensor]:
         """Detached tensors describing the last step, for the controller log (names: weight_rul, g_rul, ...)."""
         return {}
