@@ -141,10 +141,11 @@ def test_ranks_agree_and_match_one_process(ranks, name):
     # replicas: bit for bit the same parameters, buffers, controller state and logged weights and norms
     for part in ("state", "logged"):
         assert max_abs_diff(rank0[part], rank1[part]) == 0.0, part
-    # one process on the concatenated batches, to rounding
+    # one process on the concatenated batches, to rounding: measured at most 1.3e-13 on the parameters and 9.1e-13
+    # (one ulp) on GradNorm's initial losses of 7.5e3, hence 1e-12 absolute plus 1e-13 relative
     for part in ("state", "logged"):
         for key, value in rank0[part].items():
-            torch.testing.assert_close(value, single[part][key], rtol=1e-9, atol=1e-12, msg=f"{part} {key}")
+            torch.testing.assert_close(value, single[part][key], rtol=1e-13, atol=1e-12, msg=f"{part} {key}")
     print(f"{name}: max |rank0 - rank1| = 0, max |DDP - one process| = "
           f"{max(max_abs_diff(rank0[p], single[p]) for p in ('state', 'logged')):.2e}")
 
