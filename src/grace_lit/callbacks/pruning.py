@@ -1,0 +1,29 @@
+"""Optuna pruning: report the selection metric every epoch and stop a trial the pruner finds unpromising.
+
+optuna-integration's PyTorchLightningPruningCallback does the same through private APIs of Lightning and Optuna
+(for DDP); a trial here is one process, so these few lines serve without the extra package.
+"""
+from __future__ import annotations
+
+import lightning as L
+import optuna
+
+from grace_lit.errors import GraceError
+
+
+class OptunaPruning(L.Callback):
+    def __init__(self, trial: optuna.Trial, monitor: str):
+        self.trial, self.monitor = trial, monitor
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            raise GraceError("A tuning trial runs in one process (trainer=ddp would report each epoch once per rank). "
+                             "Fix: drop trainer=ddp; run trials in parallel instead (--multirun worker=0,1,...).")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.monitor} at epoch {trainer.current_epoch} is worse than the "
+                                     f"pruner's threshold")

@@ -1,0 +1,168 @@
+"""Entry point: ``python -m grace_lit.tune [overrides]`` (console script ``grace-tune``).
+
+An Optuna study over a search space from ``conf/hparams_search/``, stored in SQLite so that re-running the
+command resumes it. Each trial is a training run built by ``train.build`` that selects on held-out training
+units and never sees the test set (no ``trainer.test``). When the study is complete, the best trial's selected
+checkpoint (its ``best.ckpt``, reloaded, not retrained) is scored on the test set, once.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+try:
+    import optuna
+except ImportError as err:  # an optional extra
+    raise SystemExit("grace_lit.tune needs Optuna. Fix: pip install -e '.[tune]'") from err
+from optuna.trial import TrialState
+
+from grace_lit.callbacks.pruning import OptunaPruning
+from grace_lit.config import validate
+from grace_lit.errors import GraceError
+from grace_lit.io import atomic_write_json
+from grace_lit.results import TEST_KEYS, identity, write_results
+from grace_lit.train import build, user_error
+
+log = logging.getLogger("grace_lit")
+SUGGEST_TYPES = ("float", "int", "categorical")  # Optuna's trial.suggest_<type>
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_MISSING = object()
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuse a study that would select on the test set or whose search space names no config key."""
+    if cfg.protocol.name != "holdout":
+        raise GraceError(f"grace_lit.tune selects on held-out training units only, and protocol={cfg.protocol.name} "
+                         f"selects on the test set: a tuned score would have seen it.\n"
+                         f"Fix: drop protocol={cfg.protocol.name} (tuning runs protocol=holdout).")
+    if cfg.callbacks.get("checkpoint") is None:
+        raise GraceError("A trial's score is its best checkpoint's selection metric, and callbacks.checkpoint is "
+                         "dropped.\nFix: keep callbacks.checkpoint when tuning.")
+    problems = [f"{key}: not a key of the composed config" for key in cfg.hparams_search.params
+                if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING]
+    problems += [f"{key}: type={spec.get('type')!r} is not one of {list(SUGGEST_TYPES)}"
+                 for key, spec in cfg.hparams_search.params.items() if spec.get("type") not in SUGGEST_TYPES]
+    if problems:
+        raise GraceError("Invalid search space (hparams_search.params):\n" + "\n".join(f"  {p}" for p in problems)
+                         + "\nFix: name existing config keys (e.g. optimizer.lr), each with a type from "
+                         f"{list(SUGGEST_TYPES)} and that type's trial.suggest_<type> arguments.")
+
+
+def suggest(trial: optuna.Trial, space: DictConfig) -> dict[str, Any]:
+    """One value per search-space key, drawn by ``trial.suggest_<type>(key, **arguments)``."""
+    params = {}
+    for key, spec in OmegaConf.to_container(space).items():
+        kind = spec.pop("type")
+        params[key] = getattr(trial, f"suggest_{kind}")(key, **spec)
+    return params
+
+
+def trial_config(cfg: DictConfig, params: dict[str, Any], out_dir: Path) -> DictConfig:
+    """The study's training config with these parameter values, writing into ``out_dir``."""
+    trial_cfg = copy.deepcopy(cfg)
+    for key, value in params.items():
+        OmegaConf.update(trial_cfg, key, value)
+    trial_cfg.paths.output_dir = str(out_dir)
+    return trial_cfg
+
+
+def fit_trial(cfg: DictConfig, trial: optuna.Trial, study_dir: Path) -> float:
+    """Train one trial; its value is the selection metric of its best checkpoint. The test set is not scored."""
+    trial_cfg = trial_config(cfg, suggest(trial, cfg.hparams_search.params), study_dir / f"trial_{trial.number:03d}")
+    trial.set_user_attr("run_dir", trial_cfg.paths.output_dir)
+    validate(trial_cfg)
+    L.seed_everything(trial_cfg.seed, workers=True)
+    data, module, trainer = build(trial_cfg)
+    trainer.callbacks.append(OptunaPruning(trial, trial_cfg.monitor))
+    log.info("trial %d: %s -> %s", trial.number, trial.params, trial_cfg.paths.output_dir)
+    trainer.fit(module, datamodule=data)
+    return float(trainer.checkpoint_callback.best_model_score)
+
+
+def study_state(study: optuna.Study) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    best = study.best_trial if counts["complete"] else None
+    return {"study": study.study_name, **counts, "best_trial": best and best.number, "best_value": best and best.value,
+            "best_params": best and best.params}
+
+
+def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
+    """The test set, once: the best trial's selected weights (its best.ckpt with the EMA shadow), reloaded."""
+    result = study_dir / "metrics.json"
+    if result.is_file():
+        log.info("The test set was scored already (%s); it is not scored again.", result)
+        return
+    best = study.best_trial
+    ckpt = Path(best.user_attrs["run_dir"]) / "checkpoints" / "best.ckpt"
+    best_cfg = trial_config(cfg, best.params, study_dir)
+    L.seed_everything(best_cfg.seed, workers=True)
+    data, module, trainer = build(best_cfg)
+    log.info("Scoring trial %d (%s=%.4f) on the test set: %s", best.number, cfg.monitor, best.value,
+             ckpt)
+    trainer.test(module, datamodule=data, ckpt_path=str(ckpt), weights_only=False, verbose=False)
+    metrics = trainer.callback_metrics
+    summary = {"status": "completed", **identity(best_cfg),
+               "command": " ".join(["python -m grace_lit.tune", *HydraConfig.get().overrides.task]),
+               "study": study.study_name, "trial": best.number, "params": best.params, "checkpoint": str(ckpt),
+               "selection_metric": cfg.monitor, "selection_score": best.value,
+               **{key: float(metrics[key]) if key in metrics else None for key in TEST_KEYS}}
+    write_results(study_dir, summary, module.test_predictions)
+    log.info("[%s | protocol=%s] best trial %d: test rmse_last=%.3f rmse_all=%.3f nasa=%.1f -> %s",
+             cfg.dataset.name, cfg.protocol.name, best.number, summary["test/rmse_last"], summary["test/rmse_all"],
+             summary["test/nasa"], result)
+
+
+def tune(cfg: DictConfig) -> dict[str, Any]:
+    check(cfg)
+    study_dir = Path(cfg.study.dir)
+    study_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+    study = optuna.create_study(study_name=cfg.study.name, storage=instantiate(cfg.study.storage),
+                                sampler=instantiate(cfg.study.sampler), pruner=instantiate(cfg.study.pruner),
+                                direction="minimize", load_if_exists=True)
+    n_trials = cfg.hparams_search.n_trials
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
+        study.optimize(lambda trial: fit_trial(cfg, trial, study_dir), gc_after_trial=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)])
+    optuna.storages.fail_stale_trials(study)  # a trial of a killed process, so it does not count as running
+    state = study_state(study)
+    atomic_write_json(Path(cfg.paths.output_dir) / "tuning.json", state)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.info("Worker %s done. When every worker is, the same command without --multirun scores the best trial "
+                 "on the test set.", cfg.worker)
+    elif state["running"]:
+        log.info("%d trials still run in other processes (or in one killed less than study.storage.grace_period "
+                 "seconds ago): the test set is scored by a run after they finish.", state["running"])
+    elif state["best_trial"] is not None:
+        score_best(cfg, study, study_dir)
+    return state
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="tune")
+def main(cfg: DictConfig) -> float | None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat options
+    # the test run loads a trial's checkpoint into a trainer that writes into the study directory, by design
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
+    try:
+        return tune(cfg)["best_value"]
+    except Exception as err:
+        user = user_error(err)
+        if user is None or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        log.error("%s", user)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

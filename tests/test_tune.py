@@ -1,0 +1,143 @@
+"""Tuning (grace_lit.tune): a killed study resumes, trials never score the test set, the best trial is scored once;
+protocol=paper is refused; the pruning callback stops a scripted bad trial."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+from omegaconf import open_dict
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import REPO, cli_env, composed
+
+optuna = pytest.importorskip("optuna")
+from grace_lit.callbacks.pruning import OptunaPruning  # noqa: E402  (needs optuna)
+from grace_lit.errors import GraceError  # noqa: E402
+from grace_lit.tune import check  # noqa: E402
+
+ARGS = ["dataset=FD001", "model=small", "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "hparams_search.n_trials=2",
+        "study.storage.heartbeat_interval=1", "study.storage.grace_period=2"]
+SCORING = "Scoring trial"  # the log line of the one test-set evaluation
+
+
+def tune_command(study_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "grace_lit.tune", *ARGS, f"study.dir={study_dir}", *extra]
+
+
+def trials(study_dir: Path) -> list:
+    return optuna.load_study(study_name="FD001_gaba", storage=f"sqlite:///{study_dir}/study.db").get_trials()
+
+
+def test_killed_study_resumes_and_scores_the_best_trial_once(tmp_path: Path, data_cache: Path) -> None:
+    study_dir, logs = tmp_path / "study", [tmp_path / f"run{i}.log" for i in range(3)]
+    with open(logs[0], "w") as out:
+        proc = subprocess.Popen(tune_command(study_dir), cwd=REPO, env=cli_env(data_cache), stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while "trial 1:" not in logs[0].read_text() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # trial 0 is complete and trial 1 (its heartbeat running) starts training
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, logs[0].read_text()[-3000:]
+    assert [t.state.name for t in trials(study_dir)] == ["COMPLETE", "RUNNING"]
+    assert not (study_dir / "metrics.json").exists()
+    time.sleep(2.5)  # past grace_period since the killed trial's last heartbeat
+
+    for log in logs[1:]:  # resume, then the same command once more on the finished study
+        with open(log, "w") as out:
+            done = subprocess.run(tune_command(study_dir), cwd=REPO, env=cli_env(data_cache), stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=300)
+        assert done.returncode == 0, log.read_text()[-3000:]
+
+    final = trials(study_dir)
+    assert [t.state.name for t in final] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert final[2].params == final[1].params  # the killed trial's parameters ran again, first
+    texts = [log.read_text() for log in logs]
+    assert sum(text.count(SCORING) for text in texts) == 1 and SCORING in texts[1]
+    assert "scored already" in texts[2]
+    best = min((t for t in final if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    result = json.loads((study_dir / "metrics.json").read_text())
+    assert (result["protocol"], result["trial"], result["params"]) == ("holdout", best.number, best.params)
+    assert result["selection_metric"] == "val/rmse_last" and result["selection_score"] == best.value
+    assert math.isfinite(result["test/rmse_last"]) and (study_dir / "predictions.csv").is_file()
+    for trial in (final[0], final[2]):  # the finished trials logged held-out metrics only, never a test metric
+        columns = pd.read_csv(Path(trial.user_attrs["run_dir"]) / "metrics.csv").columns
+        assert "val/rmse_last" in columns and not any(c.startswith("test/") for c in columns)
+    tested = pd.read_csv(study_dir / "metrics.csv")  # the study's own logger: the one test evaluation
+    assert len(tested) == 1 and tested["test/rmse_last"].iloc[0] == pytest.approx(result["test/rmse_last"])
+
+
+def test_paper_protocol_is_refused(tmp_path: Path, data_cache: Path) -> None:
+    done = subprocess.run(tune_command(tmp_path / "study", "protocol=paper"), cwd=REPO, env=cli_env(data_cache),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "protocol=paper selects on the test set" in done.stdout + done.stderr
+    assert not (tmp_path / "study" / "study.db").exists()
+
+
+def test_search_space_names_config_keys() -> None:
+    cfg = composed([], config_name="tune")
+    check(cfg)  # the shipped search space is valid
+    with open_dict(cfg):
+        cfg.hparams_search.params["optimizer.lrr"] = {"type": "float", "low": 0.1, "high": 1.0}
+        cfg.hparams_search.params["optimizer.lr"].type = "loguniform"
+    with pytest.raises(GraceError, match=r"optimizer.lrr: not a key(.|\n)*optimizer.lr: type='loguniform'"):
+        check(cfg)
+
+
+class Scripted(L.LightningModule):
+    """Logs a given validation metric per epoch (the pruner sees only these numbers)."""
+
+    def __init__(self, values: list[float]):
+        super().__init__()
+        self.values, self.layer = values, torch.nn.Linear(1, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/rmse_last", self.values[self.current_epoch])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=2)
+
+    val_dataloader = train_dataloader
+
+
+def test_pruning_callback_prunes_a_bad_trial() -> None:
+    # MedianPruner with one finished trial: from epoch 1 on, a trial whose best value so far is above the
+    # finished trial's value at that epoch is pruned
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
+
+    def run(values: list[float]) -> None:
+        def objective(trial: optuna.Trial) -> float:
+            trainer = L.Trainer(max_epochs=len(values), accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False,
+                                callbacks=[OptunaPruning(trial, "val/rmse_last")])
+            trainer.fit(Scripted(values))
+            return values[-1]
+        study.optimize(objective, n_trials=1)
+
+    run([5.0, 4.0, 3.0, 2.0])  # the reference
+    run([5.0, 6.0, 7.0, 8.0])  # epoch 1: best so far 5 > 4
+    run([5.0, 3.0, 3.5, 1.5])  # its best so far never above the reference at that epoch
+    reference, bad, good = study.trials
+    assert reference.state.name == "COMPLETE"
+    assert bad.state.name == "PRUNED" and bad.intermediate_values == {0: 5.0, 1: 6.0}  # stopped at epoch 1
+    assert good.state.name == "COMPLETE" and good.intermediate_values == {0: 5.0, 1: 3.0, 2: 3.5, 3: 1.5}
