@@ -11,9 +11,9 @@ class DWA(Controller):
     over epoch t; w = 1 for the first two epochs.
 
     The losses of every step add up in buffers; ``before_epoch`` turns the finished epoch's sums into its mean and
-    fixes the weights for the epoch that begins. At the start, not the end: a checkpoint written at the end of an
-    epoch (before the epoch-end hooks) then already holds that epoch's sums, and a resumed run rolls them over
-    exactly as an uninterrupted one.
+    fixes the weights for the epoch that begins. Everything lives in buffers, so a checkpoint carries the history
+    and a resumed run continues it. At the start of an epoch rather than its end: wherever between two epochs
+    Lightning writes the checkpoint, the finished epoch's sums are in it and are rolled over once.
     """
 
     def __init__(self, temperature: float = 2.0, n_tasks: int = 2):
