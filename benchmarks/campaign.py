@@ -1,0 +1,236 @@
+"""Runs the campaign of ``benchmarks/campaign.yaml`` until its cells are done or a time budget ends.
+
+Each experiment's pending runs (both protocols, every seed not yet completed) go to one ``--multirun`` sweep
+through Hydra's joblib launcher, ``--jobs`` runs at a time on one machine. A run is done when its
+``metrics.json`` says ``completed`` in ``--results`` (results/gpu_full/, committed) or in ``--runs`` (the run
+directories, default ``multirun/campaign/``: git-ignored, so a warm GPU machine keeps them between commands).
+Everything else runs again with ``resume=true`` in its run directory: a run that an earlier command left
+unfinished continues from its ``last.ckpt``. At the budget's end the sweep's process group is killed (its
+checkpoints are written atomically) and its runs are reported ``unfinished`` with the epochs they reached.
+If this process itself is killed, the sweep dies with it (PR_SET_PDEATHSIG) and so do its workers
+(``grace_lit.orphan_guard``).
+
+    python benchmarks/campaign.py run --jobs 4 --budget 3600      # -- extra overrides after a double dash
+    python benchmarks/campaign.py status                          # the report, nothing run
+    python benchmarks/campaign.py collect multirun/campaign       # completed runs -> results/gpu_full/
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from common import REPO, compose_config
+from grace_lit.orphan_guard import die_with_parent
+
+MANIFEST = REPO / "benchmarks" / "campaign.yaml"
+RUNS = REPO / "multirun" / "campaign"
+RESULTS = REPO / "results" / "gpu_full"
+SUBDIR = "${dataset.name}_${loss.name}_${protocol.name}/s${seed}"  # must name runs as cell_dir() does
+REPORTED = ("test/rmse_last", "test/nasa", "best_epoch", "epochs_run", "wall_time_s", "device")
+
+
+@dataclass
+class Cell:
+    experiment: str
+    protocol: str
+    name: str  # <dataset>_<loss>_<protocol>: its directory under --runs and --results
+
+
+@dataclass
+class Sweep:
+    experiment: str
+    protocols: list[str]
+    seeds: list[int]
+    runs: list[tuple[str, int]] = field(default_factory=list)  # (cell name, seed), in Hydra's job order
+
+
+def load_manifest(path: Path = MANIFEST) -> Any:
+    return OmegaConf.load(path)
+
+
+@lru_cache
+def dataset_and_loss(experiment: str) -> str:
+    cfg = compose_config(f"experiment={experiment}")
+    return f"{cfg.dataset.name}_{cfg.loss.name}"
+
+
+def cells(manifest: Any) -> list[Cell]:
+    """The manifest's cells in order; each named from its composed config, as Hydra will name its runs."""
+    return [Cell(e, p, f"{dataset_and_loss(e)}_{p}") for e in manifest.experiments for p in manifest.protocols]
+
+
+def run_state(run_dir: Path) -> dict[str, Any]:
+    """``status`` (completed | failed | unfinished | absent) and the run's figures or progress."""
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        result = json.loads(metrics.read_text())
+        state = {"status": result["status"], **{k: result.get(k) for k in REPORTED}}
+        if result["status"] == "failed":
+            state["error"] = str(result.get("error", ""))[:300]
+        return state
+    if not run_dir.is_dir():
+        return {"status": "absent"}
+    log = run_dir / "controller_log.csv"  # one row per finished epoch (kept across resumes)
+    epochs = max(len(log.read_text().splitlines()) - 1, 0) if log.is_file() else 0
+    return {"status": "unfinished", "epochs_done": epochs, "has_checkpoint": (run_dir / "checkpoints" /
+                                                                               "last.ckpt").is_file()}
+
+
+def state(cell: Cell, seed: int, runs: Path, results: Path) -> dict[str, Any]:
+    done = run_state(results / cell.name / f"s{seed}")
+    return done if done["status"] == "completed" else run_state(runs / cell.name / f"s{seed}")
+
+
+def plan(manifest: Any, runs: Path, results: Path) -> list[Sweep]:
+    """One sweep per experiment with pending runs (protocol x seed, when the pending runs form that product;
+    otherwise one per protocol), in manifest order."""
+    sweeps = []
+    by_experiment: dict[str, list[Cell]] = {}
+    for cell in cells(manifest):
+        by_experiment.setdefault(cell.experiment, []).append(cell)
+    for experiment, group in by_experiment.items():
+        pending = {c.protocol: [s for s in manifest.seeds if state(c, s, runs, results)["status"] != "completed"]
+                   for c in group}
+        pending = {p: seeds for p, seeds in pending.items() if seeds}
+        if len({tuple(s) for s in pending.values()}) == 1:
+            sets = [(list(pending), next(iter(pending.values())))]
+        else:
+            sets = [([p], seeds) for p, seeds in pending.items()]
+        names = {c.protocol: c.name for c in group}
+        for protocols, seeds in sets:
+            sweeps.append(Sweep(experiment, protocols, list(seeds),
+                                [(names[p], s) for p in protocols for s in seeds]))
+    return sweeps
+
+
+def sweep_command(sweep: Sweep, manifest: Any, runs: Path, jobs: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "grace_lit.train", "--multirun", f"experiment={sweep.experiment}",
+            f"protocol={','.join(sweep.protocols)}", f"seed={','.join(map(str, sweep.seeds))}",
+            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={min(jobs, len(sweep.runs))}",
+            f"hydra.sweep.dir={runs}", f"hydra.sweep.subdir={SUBDIR}", "resume=true", *manifest.overrides, *extra]
+
+
+def run_until(cmds: list[list[str]], deadline: float, log: Path, env: dict[str, str] | None = None,
+              cwd: Path = REPO) -> list[int] | None:
+    """Run ``cmds`` at once, each in its own process group, output appended to ``log``; at ``deadline``
+    (monotonic clock) kill every group still running. Each child dies with this process too. Returns the exit
+    codes, or None if stopped."""
+    procs = []
+    with open(log, "a") as out:
+        try:
+            for cmd in cmds:
+                out.write(f"$ {' '.join(cmd)}\n")
+                out.flush()
+                procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True, preexec_fn=partial(die_with_parent, os.getpid())))
+            return [p.wait(timeout=max(deadline - time.monotonic(), 0)) for p in procs]
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            for proc in procs:
+                stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole group at once: SIGTERM would let Lightning turn a stopped run into a failed one, and
+    every file a run writes is atomic, so its last.ckpt is whole."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def report(manifest: Any, runs: Path, results: Path) -> dict[str, Any]:
+    table = [{"cell": c.name, "experiment": c.experiment, "protocol": c.protocol,
+              "runs": {str(s): state(c, s, runs, results) for s in manifest.seeds}} for c in cells(manifest)]
+    counts: dict[str, int] = {}
+    for row in table:
+        for run in row["runs"].values():
+            counts[run["status"]] = counts.get(run["status"], 0) + 1
+    return {"counts": counts, "cells": table}
+
+
+def run_campaign(manifest: Any, runs: Path, results: Path, jobs: int, deadline: float, extra: list[str],
+                 log: Path, min_start_s: float = 0.0, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the pending sweeps in order until ``deadline`` (monotonic); a sweep starts only with at least
+    ``min_start_s`` left. Returns the report after the last one, with the sweeps started and stopped."""
+    runs.mkdir(parents=True, exist_ok=True)
+    started, stopped = [], []
+    for sweep in plan(manifest, runs, results):
+        if deadline - time.monotonic() < max(min_start_s, 1.0):
+            break
+        started.append(f"{sweep.experiment} protocol={','.join(sweep.protocols)} seeds={sweep.seeds}")
+        print(f"campaign: {started[-1]}", flush=True)
+        if run_until([sweep_command(sweep, manifest, runs, jobs, extra)], deadline, log, env) is None:
+            stopped.append(started[-1])
+            break
+    return {"sweeps_started": started, "sweeps_stopped": stopped, **report(manifest, runs, results)}
+
+
+def collect(runs: Path, results: Path) -> list[str]:
+    """Copy completed runs (without checkpoints) from ``runs`` into ``results``; existing ones stay."""
+    copied = []
+    for metrics in sorted(runs.glob("*/s*/metrics.json")):
+        run, target = metrics.parent, results / metrics.parent.parent.name / metrics.parent.name
+        if json.loads(metrics.read_text())["status"] != "completed" or (target / "metrics.json").is_file():
+            continue
+        shutil.copytree(run, target, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
+        copied.append(str(target))
+    return copied
+
+
+def summary_lines(rep: dict[str, Any]) -> list[str]:
+    lines = []
+    for row in rep["cells"]:
+        parts = []
+        for seed, run in row["runs"].items():
+            extra = (f" rmse={run['test/rmse_last']:.2f}" if run["status"] == "completed" else
+                     f" epochs={run['epochs_done']}" if run["status"] == "unfinished" else "")
+            parts.append(f"s{seed}:{run['status']}{extra}")
+        lines.append(f"{row['cell']:<28} " + " ".join(parts))
+    return lines + [f"counts: {rep['counts']}"]
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["run", "status", "collect"])
+    parser.add_argument("source", nargs="?", type=Path, help="collect: the run directories to copy from")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST)
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--jobs", type=int, default=4, help="runs at a time (joblib workers)")
+    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; then stop, keep checkpoints")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    if args.mode == "collect":
+        print("\n".join(collect(args.source or args.runs, args.results)) or "nothing new to collect")
+        return
+    manifest = load_manifest(args.manifest)
+    if args.mode == "run":
+        args.runs.mkdir(parents=True, exist_ok=True)
+        rep = run_campaign(manifest, args.runs.resolve(), args.results.resolve(), args.jobs,
+                           time.monotonic() + args.budget, extra, args.runs / "campaign.log")
+    else:
+        rep = report(manifest, args.runs, args.results)
+    print("\n".join(summary_lines(rep)))
+    if args.json:
+        args.json.write_text(json.dumps(rep, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The GPU campaign runner (benchmarks/campaign.py): the manifest's order, which runs it skips, resumes and
+reports, the sweeps it launches, and that neither a budget stop nor a killed runner leaves a process behind."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, cli_env, composed
+from test_orphan_guard import alive, descendants, wait_for
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import campaign  # noqa: E402
+
+SCRIPT = REPO / "benchmarks" / "campaign.py"
+EPOCHS = 4
+TINY = ["model=small", "trainer.accelerator=cpu", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+
+
+def test_manifest_runs_the_issues_cells_in_order():
+    manifest = campaign.load_manifest()
+    expected = [f"{dataset}_{loss}_{protocol}" for dataset in ("FD002", "FD001", "FD003", "FD004")
+                for loss in ("gaba", "amnl", "gradnorm", "uncertainty") for protocol in ("paper", "holdout")]
+    cells = campaign.cells(manifest)
+    assert [c.name for c in cells] == expected
+    assert cells[0].experiment == "paper_FD002_grace" and list(manifest.seeds) == [42, 123, 456, 789, 1024]
+    cfg = composed([f"experiment={cells[3].experiment}", f"protocol={cells[3].protocol}", *manifest.overrides])
+    assert (cfg.dataset.name, cfg.loss.name, cfg.protocol.name, cfg.model.backbone.hidden_size,
+            cfg.trainer.accelerator, cfg.trainer.precision) == ("FD002", "amnl", "holdout", 256, "gpu", "32-true")
+
+
+def write_run(run_dir: Path, status: str | None, epochs: int = 0) -> None:
+    run_dir.mkdir(parents=True)
+    if status:
+        (run_dir / "metrics.json").write_text(json.dumps({"status": status, "test/rmse_last": 12.5, "error": "x"}))
+    if epochs:
+        (run_dir / "controller_log.csv").write_text("epoch,weight_rul\n" + "".join(f"{e},0.5\n" for e in range(epochs)))
+
+
+def test_plan_skips_completed_runs_and_groups_the_rest(tmp_path):
+    manifest = OmegaConf.create({"seeds": [1, 2], "protocols": ["paper", "holdout"], "overrides": [],
+                                 "experiments": ["paper_FD001_grace", "paper_FD001_amnl", "paper_FD003_amnl"]})
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    write_run(results / "FD001_gaba_paper" / "s1", "completed")
+    write_run(runs / "FD001_gaba_holdout" / "s1", "completed")
+    write_run(runs / "FD001_gaba_holdout" / "s2", None, epochs=3)
+    write_run(runs / "FD001_amnl_paper" / "s1", "failed")
+    write_run(results / "FD003_amnl_paper" / "s1", "completed")
+    sweeps = campaign.plan(manifest, runs, results)
+    assert [(s.experiment, s.protocols, s.seeds) for s in sweeps] == [
+        ("paper_FD001_grace", ["paper", "holdout"], [2]),          # s1 done in results/ and in runs/
+        ("paper_FD001_amnl", ["paper", "holdout"], [1, 2]),        # a failed run runs again
+        ("paper_FD003_amnl", ["paper"], [2]), ("paper_FD003_amnl", ["holdout"], [1, 2])]
+    assert sweeps[0].runs == [("FD001_gaba_paper", 2), ("FD001_gaba_holdout", 2)]
+    report = campaign.report(manifest, runs, results)
+    states = {(row["cell"], seed): run for row in report["cells"] for seed, run in row["runs"].items()}
+    assert states[("FD001_gaba_holdout", "2")] == {"status": "unfinished", "epochs_done": 3, "has_checkpoint": False}
+    assert states[("FD001_amnl_paper", "1")]["status"] == "failed"
+    assert states[("FD001_gaba_paper", "1")]["test/rmse_last"] == 12.5
+    assert report["counts"] == {"completed": 3, "unfinished": 1, "failed": 1, "absent": 7}
+
+
+def test_sweep_command_names_each_run_as_the_runner_looks_for_it(tmp_path):
+    manifest = campaign.load_manifest()
+    sweep = campaign.plan(manifest, tmp_path / "runs", tmp_path / "results")[0]
+    cmd = campaign.sweep_command(sweep, manifest, tmp_path / "runs", jobs=8, extra=["model=small"])
+    assert cmd[1:4] == ["-m", "grace_lit.train", "--multirun"] and "hydra.launcher.n_jobs=8" in cmd
+    args = cmd[4:]
+    for cell, seed in [sweep.runs[0], sweep.runs[-1]]:  # one job of the sweep: its own protocol and seed
+        protocol = cell.rsplit("_", 1)[1]
+        job = [a for a in args if not a.startswith(("protocol=", "seed="))] + [f"protocol={protocol}", f"seed={seed}"]
+        cfg = composed(job, hydra=True)
+        assert cfg.hydra.sweep.subdir == f"{cell}/s{seed}"
+        assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.resume is True
+
+
+def test_budget_stop_kills_the_whole_process_group(tmp_path):
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+            "time.sleep(60)"
+    start = time.monotonic()
+    codes = campaign.run_until([[sys.executable, "-c", child], [sys.executable, "-c", "pass"]], start + 2,
+                               tmp_path / "log")
+    assert codes is None and time.monotonic() - start < 15
+    sleepers = [p for p in Path("/proc").glob("[0-9]*/cmdline") if b"time.sleep(60)" in p.read_bytes()]
+    assert sleepers == []
+
+
+def start_runner(manifest: Path, runs: Path, results: Path, data_cache: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), "run", "--manifest", str(manifest), "--runs", str(runs),
+                             "--results", str(results), "--jobs", "2", "--json", str(runs / "report.json")],
+                            cwd=REPO, env=cli_env(data_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_killed_runner_leaves_nothing_and_its_runs_resume(tmp_path, data_cache):
+    """Kill the runner while two runs train: nothing survives, the runs are reported unfinished; the next
+    command resumes them to the end; the one after finds nothing to do."""
+    manifest, runs, results = tmp_path / "campaign.yaml", tmp_path / "runs", tmp_path / "results"
+    OmegaConf.save(OmegaConf.create({"seeds": [1, 2], "protocols": ["paper"], "experiments": ["paper_FD001_grace"],
+                                     "overrides": [*TINY, f"trainer.max_epochs={EPOCHS}",
+                                                   "trainer.limit_train_batches=10"]}), manifest)
+    runner, workers = start_runner(manifest, runs, results, data_cache), set()
+    try:
+        logs = [runs / "FD001_gaba_paper" / f"s{s}" / "controller_log.csv" for s in (1, 2)]
+        assert wait_for(lambda: all(p.is_file() for p in logs) or runner.poll() is not None, 300), runner.stdout
+        assert runner.poll() is None, runner.communicate()[0][-3000:]
+        workers = descendants(runner.pid)
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait()
+        wait_for(lambda: not any(alive(p) for p in workers), 10)
+        assert {p for p in workers if alive(p)} == set()
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    states = campaign.report(OmegaConf.load(manifest), runs, results)["cells"][0]["runs"]
+    assert [s["status"] for s in states.values()] == ["unfinished", "unfinished"]
+    assert all(1 <= s["epochs_done"] < EPOCHS and s["has_checkpoint"] for s in states.values())
+
+    resumed = start_runner(manifest, runs, results, data_cache)
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    report = json.loads((runs / "report.json").read_text())
+    assert report["sweeps_started"] == ["paper_FD001_grace protocol=paper seeds=[1, 2]"]
+    assert report["counts"] == {"completed": 2}
+    for seed in (1, 2):
+        run = runs / "FD001_gaba_paper" / f"s{seed}"
+        assert json.loads((run / "metrics.json").read_text())["epochs_run"] == EPOCHS
+        epochs = [line.split(",")[0] for line in (run / "controller_log.csv").read_text().splitlines()[1:]]
+        assert epochs == [str(e) for e in range(EPOCHS)]  # the epochs before the kill kept, none done twice
+
+    again = start_runner(manifest, runs, results, data_cache)
+    again.communicate(timeout=120)
+    report = json.loads((runs / "report.json").read_text())
+    assert (report["sweeps_started"], report["counts"]) == ([], {"completed": 2})
+    assert [Path(p).relative_to(results).as_posix() for p in campaign.collect(runs, results)] == \
+        ["FD001_gaba_paper/s1", "FD001_gaba_paper/s2"]
+    assert not list(results.glob("*/*/checkpoints")) and (results / "FD001_gaba_paper/s1/metrics.json").is_file()
