@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from grace_lit.config import validate
 from grace_lit.errors import GraceError
-from grace_lit.io import AtomicCheckpointIO
+from grace_lit.io import AtomicCheckpointIO, atomic_write_text
 from grace_lit.module import GraceModule
 from grace_lit.results import run_summary, write_failure, write_results
 
@@ -60,6 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
         return summary
     write_results(out_dir, summary, module.test_predictions)
+    atomic_write_text(out_dir / "preprocessing.json", data.splits.preprocessing.to_json())  # for grace_lit.predict
     log.info("[%s | protocol=%s] test rmse_last=%.3f rmse_all=%.3f nasa=%.1f (best epoch %s of %s) -> %s",
              cfg.dataset.name, cfg.protocol.name, summary["test/rmse_last"], summary["test/rmse_all"],
              summary["test/nasa"], summary["best_epoch"], summary["epochs_run"], out_dir / "metrics.json")

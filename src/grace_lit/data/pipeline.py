@@ -130,7 +130,7 @@ def series(runs: Runs, prep: Preprocessing, test: bool, after_last: dict[int, fl
            cuts: np.ndarray | None = None) -> list[UnitSeries]:
     """Per-unit standardised features and piecewise-linear RUL (time to the unit's last row, plus the RUL after
     it); with ``cuts`` (units, n), n sequences per unit, each the unit's first cuts[i, j] rows."""
-    features = prep.transform(runs.features, runs.conditions)
+    features = prep.transform(runs.features, runs.conditions, runs.path, runs.row)
     out = []
     for i, rows in enumerate(runs.units()):
         unit = int(runs.unit[rows.start])

@@ -87,8 +87,10 @@ class Preprocessing:
         groups, distance = _nearest(scaled, np.asarray(self.keys))
         self.radius = [float(distance[groups == g].max(initial=0.0)) for g in range(self.clusters)]
 
-    def groups(self, settings: np.ndarray) -> np.ndarray:
-        """Condition index of every row; a row whose condition the training units never showed is refused."""
+    def groups(self, settings: np.ndarray, path: str = "", rows: np.ndarray | None = None) -> np.ndarray:
+        """Condition index of every row; a row whose condition the training units never showed is refused
+        (named as ``path``, row ``rows[i]`` when given)."""
+        where = lambda i: f"{path}, row {rows[i]}" if rows is not None else f"row {i + 1}"  # noqa: E731
         if not self.conditions:
             return np.zeros(len(settings), dtype=np.int64)
         keys = np.asarray(self.keys)
@@ -97,18 +99,18 @@ class Preprocessing:
             match = (rounded[:, None, :] == keys[None, :, :]).all(axis=2)
             unknown = np.flatnonzero(~match.any(axis=1))
             if unknown.size:
-                raise GraceError(f"Operating condition {rounded[unknown[0]].tolist()} (columns {self.conditions}, "
-                                 f"row {unknown[0] + 1} of the unit-sorted rows) does not occur in the training "
-                                 f"units. Fix: check dataset.condition_decimals (now {list(self.decimals)}), or "
-                                 f"train on units that cover this condition.")
+                raise GraceError(f"{where(unknown[0])}: operating condition {rounded[unknown[0]].tolist()} "
+                                 f"(columns {self.conditions}) does not occur in the training units. Fix: check "
+                                 f"dataset.condition_decimals (now {list(self.decimals)}), or train on units that "
+                                 f"cover this condition.")
             return match.argmax(axis=1)
         groups, distance = _nearest(settings / np.asarray(self.setting_scale), keys)
         far = np.flatnonzero(distance > self.tolerance * np.asarray(self.radius)[groups])
         if far.size:
-            raise GraceError(f"Operating settings {settings[far[0]].tolist()} (columns {self.conditions}, row "
-                             f"{far[0] + 1} of the unit-sorted rows) lie farther from every training condition "
-                             f"than dataset.condition_tolerance={self.tolerance} times that cluster's radius. Fix: "
-                             f"train on units that cover these settings, or raise the tolerance.")
+            raise GraceError(f"{where(far[0])}: operating settings {settings[far[0]].tolist()} (columns "
+                             f"{self.conditions}) lie farther from every training condition than "
+                             f"dataset.condition_tolerance={self.tolerance} times that cluster's radius. Fix: train "
+                             f"on units that cover these settings, or raise the tolerance.")
         return groups
 
     # ------------------------------------------------------------------ scaling
@@ -122,8 +124,9 @@ class Preprocessing:
         self.std = np.where(std > 0, std, 1.0).tolist()  # a feature constant within a condition carries no signal
         return self
 
-    def transform(self, features: np.ndarray, settings: np.ndarray) -> np.ndarray:
-        groups = self.groups(settings)
+    def transform(self, features: np.ndarray, settings: np.ndarray, path: str = "",
+                  rows: np.ndarray | None = None) -> np.ndarray:
+        groups = self.groups(settings, path, rows)
         return ((features - np.asarray(self.mean)[groups]) / np.asarray(self.std)[groups]).astype(np.float32)
 
     def rul(self, remaining: np.ndarray, test: bool) -> np.ndarray:

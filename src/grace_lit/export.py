@@ -1,0 +1,49 @@
+"""Export a trained model to ONNX beside a JSON contract of what it expects (the run's preprocessing).
+
+The ONNX graph takes standardised windows (batch, window, features) as float32 and returns the RUL (batch,)
+and the health-state logits (batch, states); the contract says how to make those windows from raw rows.
+Needs the optional ``export`` extra (onnx; onnxruntime to run the exported file).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from grace_lit.data.preprocess import Preprocessing
+from grace_lit.errors import GraceError
+from grace_lit.io import atomic_write_text
+
+INPUT, OUTPUTS = "windows", ("rul", "health_logits")
+
+
+def export_onnx(model: nn.Module, prep: Preprocessing, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``model.onnx`` (dynamic batch size) and ``contract.json`` into ``out_dir``."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError as err:
+        raise GraceError("--export onnx needs the onnx package. Fix: pip install 'grace-lit[export]'.") from err
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    example = torch.zeros(1, prep.window, len(prep.features))
+    dynamic = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
+    with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is deprecated; it needs no
+        warnings.simplefilter("ignore")  # onnxscript, which the dynamo exporter would
+        torch.onnx.export(model, (example,), out_dir / "model.onnx", input_names=[INPUT], output_names=list(OUTPUTS),
+                          dynamic_axes=dynamic, dynamo=False)
+    contract = {
+        "input": {"name": INPUT, "shape": ["batch", prep.window, len(prep.features)], "dtype": "float32",
+                  "what": "windows of the last `window` rows of a unit (oldest first), each feature standardised "
+                          "as (value - mean[condition]) / std[condition]; units shorter than the window are "
+                          "front-padded by `pad_mode`"},
+        "outputs": {"rul": "remaining useful life at the window's last row (time units of the training table)",
+                    "health_logits": "one logit per health state; softmax gives the probabilities; state k = "
+                                     "the number of health_thresholds the RUL lies below"},
+        "preprocessing": json.loads(prep.to_json()),
+    }
+    contract_path = out_dir / "contract.json"
+    atomic_write_text(contract_path, json.dumps(contract, indent=1))
+    return out_dir / "model.onnx", contract_path

@@ -1,0 +1,145 @@
+"""grace_lit.predict on finished runs: the run's own test predictions reproduced exactly, C-MAPSS through
+dataset=table trains exactly as dataset=FD001, bad data refused, a GPU checkpoint on a CPU, the README example."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, SENSORS, cli_env
+from grace_lit.data.cmapss import read_nasa
+from grace_lit.errors import GraceError
+from grace_lit.predict import main, predict
+from test_table import nasa_as_csv
+
+TINY = ["model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+FEATURES = [f"sensor_{s}" for s in SENSORS]
+
+
+def cli(module: str, args: list[str], data_cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=cli_env(data_cache),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, data_cache: Path, cmapss_dir: Path) -> dict[str, Path]:
+    """FD001 trained for one short epoch twice: as dataset=FD001, and as a messy CSV through dataset=table."""
+    tmp = tmp_path_factory.mktemp("runs")
+    nasa_as_csv(read_nasa(cmapss_dir / "train_FD001.txt"), tmp / "train.csv", seed=0)
+    nasa_as_csv(read_nasa(cmapss_dir / "test_FD001.txt"), tmp / "test.csv", seed=1)
+    rul = np.loadtxt(cmapss_dir / "RUL_FD001.txt")
+    pd.DataFrame({"engine": [f"E{i:03d}" for i in range(1, 101)], "rul": rul}).to_csv(tmp / "rul.csv", index=False)
+    table = ["dataset=table", f"dataset.train={tmp / 'train.csv'}", f"dataset.test={tmp / 'test.csv'}",
+             f"dataset.test_rul={tmp / 'rul.csv'}", "dataset.unit=engine", "dataset.time=t",
+             f"dataset.features=[{','.join(FEATURES)}]"]
+    out = {}
+    for name, args in (("cmapss", ["dataset=FD001"]), ("table", table)):
+        run = cli("grace_lit.train", [*args, *TINY, f"hydra.run.dir={tmp / name}"], data_cache)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out[name] = tmp / name
+    out["test_csv"] = tmp / "test.csv"
+    return out
+
+
+def test_table_run_trains_exactly_as_the_cmapss_run(runs):
+    a, b = (json.loads((runs[k] / "metrics.json").read_text()) for k in ("cmapss", "table"))
+    for key in ("test/rmse_last", "test/rmse_all", "test/nasa", "test/health_acc", "selection_score"):
+        assert a[key] == b[key], key
+    pa, pb = (pd.read_csv(runs[k] / "predictions.csv") for k in ("cmapss", "table"))
+    assert pa["rul_pred"].tolist() == pb["rul_pred"].tolist()
+    assert (pa["unit"] - 1).tolist() == pb["unit"].tolist()  # E001.. are codes 0.. in the table run
+
+
+@pytest.mark.parametrize("run, data", [("cmapss", "nasa"), ("table", "csv")])
+def test_predict_reproduces_the_runs_test_predictions(runs, cmapss_dir, data_cache, tmp_path, run, data):
+    source = cmapss_dir / "test_FD001.txt" if data == "nasa" else runs["test_csv"]
+    main([str(runs[run]), str(source), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    mine, theirs = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(runs[run] / "predictions.csv")
+    assert mine["rul_pred"].tolist() == theirs["rul_pred"].tolist()  # the CSV text, digit for digit
+    assert mine["health_pred"].tolist() == theirs["health_pred"].tolist()
+    probs = mine[[c for c in mine.columns if c.startswith("p_health_")]].to_numpy()
+    assert probs.shape[1] == 3 and np.allclose(probs.sum(axis=1), 1, atol=1e-6)
+    expected_units = list(range(1, 101)) if run == "cmapss" else [f"E{i:03d}" for i in range(1, 101)]
+    assert mine["unit"].tolist() == expected_units
+    lengths = read_nasa(cmapss_dir / "test_FD001.txt")
+    last_cycle = pd.Series(lengths[:, 1]).groupby(lengths[:, 0]).max().to_numpy()
+    time = "cycle" if run == "cmapss" else "t"
+    np.testing.assert_array_equal(mine[time].to_numpy(), last_cycle)
+
+
+def test_all_windows(runs, cmapss_dir, data_cache, tmp_path):
+    main([str(runs["cmapss"]), str(cmapss_dir / "test_FD001.txt"), "--all-windows", "--out",
+          str(tmp_path / "all.csv")])
+    frame = pd.read_csv(tmp_path / "all.csv")
+    table = read_nasa(cmapss_dir / "test_FD001.txt")
+    lengths = np.bincount(table[:, 0].astype(int))[1:]
+    assert len(frame) == int(np.maximum(lengths - 29, 1).sum())  # windows end at cycle 30.. (or the last row)
+    last = frame.groupby("unit").tail(1)
+    theirs = pd.read_csv(runs["cmapss"] / "predictions.csv")
+    assert last["rul_pred"].tolist() == theirs["rul_pred"].tolist()
+
+
+def test_data_that_does_not_fit_the_run_is_refused(runs, tmp_path):
+    pd.read_csv(runs["test_csv"]).drop(columns=["sensor_s7"]).to_csv(tmp_path / "less.csv", index=False)
+    with pytest.raises(GraceError) as err:
+        predict(runs["table"], tmp_path / "less.csv")
+    assert f"{tmp_path / 'less.csv'} lacks the columns ['sensor_s7'] that run {runs['table']}" in str(err.value)
+    with pytest.raises(GraceError, match=r"lacks the columns \['unit', 'cycle', 's2'"):
+        predict(runs["cmapss"], runs["test_csv"])
+
+
+def test_a_gpu_checkpoint_predicts_on_a_cpu(runs, cmapss_dir, data_cache, tmp_path):
+    """The selected checkpoint rewritten so that every tensor claims to live on cuda:0, as one saved on a GPU."""
+    gpu_run = tmp_path / "gpu_run"
+    subprocess.run(["cp", "-r", str(runs["cmapss"]), str(gpu_run)], check=True)
+    best = gpu_run / "checkpoints" / "best.ckpt"
+    script = ("import sys, torch\n"
+              "torch.serialization.register_package(0, lambda obj: 'cuda:0', lambda obj, location: None)\n"
+              "ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
+              "torch.save(ckpt, sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", script, str(best)], check=True, env=cli_env(data_cache))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(best, weights_only=False)  # the file really asks for a GPU
+    nasa = cmapss_dir / "test_FD001.txt"
+    main([str(gpu_run), str(nasa), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    theirs = pd.read_csv(runs["cmapss"] / "predictions.csv")
+    assert pd.read_csv(tmp_path / "p.csv")["rul_pred"].tolist() == theirs["rul_pred"].tolist()
+
+
+# ---------------------------------------------------------------------------------- the README example
+def readme_block(marker: str) -> str:
+    text = (REPO / "README.md").read_text()
+    found = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)```", text, re.S)
+    assert found, f"README.md has no '<!-- {marker} -->' bash block"
+    return found.group(1)
+
+
+def test_readme_your_own_data_runs_start_to_finish(data_cache, tmp_path):
+    """Every command of README "Your own data", run as written (python = this interpreter)."""
+    env = {**cli_env(data_cache), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block("readme:own-data")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    predicted = pd.read_csv(tmp_path / "pumps" / "predicted.csv")
+    truth = pd.read_csv(tmp_path / "pumps" / "test_rul.csv")
+    assert predicted["unit"].tolist() == truth["pump"].tolist()
+    assert list(predicted.columns) == ["unit", "hours", "rul_pred", "health_pred", "p_health_0", "p_health_1",
+                                       "p_health_2"]
+    contract = json.loads((tmp_path / "pumps" / "onnx" / "contract.json").read_text())
+    assert contract["preprocessing"]["conditions"] == ["load"]
+    assert (tmp_path / "pumps" / "onnx" / "model.onnx").is_file()
+    # settings far from every training load regime are refused
+    test = pd.read_csv(tmp_path / "pumps" / "test.csv")
+    test.loc[5, "load"] = 2.0
+    test.to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(GraceError, match=r"odd.csv, row 6: operating settings \[2.0\].*farther from every"):
+        predict(tmp_path / "runs" / "pumps", tmp_path / "odd.csv")
