@@ -15,8 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from grace_lit.config import validate
+from grace_lit.console import closing, opening, print_config, quiet
 from grace_lit.errors import GraceError
-from grace_lit.io import AtomicCheckpointIO, atomic_write_text
+from grace_lit.io import AtomicCheckpointIO
 from grace_lit.module import GraceModule
 from grace_lit.results import run_summary, write_failure, write_results
 
@@ -41,17 +42,18 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Traine
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
+    if cfg.print_config:
+        print_config(cfg)
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     data, module, trainer = build(cfg)
     n_params = sum(p.numel() for p in module.model.parameters())
-    log.info("[%s | protocol=%s | selection on %s] %s + %s, model %s parameters", cfg.dataset.name,
-             cfg.protocol.name, cfg.protocol.eval_prefix, cfg.loss.name, cfg.rul_loss.name, f"{n_params:,}")
     last = out_dir / "checkpoints" / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.is_file() else None
     if cfg.resume and resume_from is None:
         log.warning("resume=true but %s does not exist: starting from scratch", last)
+    log.info("%s", opening(cfg, trainer, HydraConfig.get().runtime.choices.model, n_params, resume_from))
     trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=False)  # our own file (RNG states)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=data, ckpt_path=best or None, weights_only=False, verbose=False)
@@ -60,10 +62,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
         return summary
     write_results(out_dir, summary, module.test_predictions)
-    atomic_write_text(out_dir / "preprocessing.json", data.splits.preprocessing.to_json())  # for grace_lit.predict
-    log.info("[%s | protocol=%s] test rmse_last=%.3f rmse_all=%.3f nasa=%.1f (best epoch %s of %s) -> %s",
-             cfg.dataset.name, cfg.protocol.name, summary["test/rmse_last"], summary["test/rmse_all"],
-             summary["test/nasa"], summary["best_epoch"], summary["epochs_run"], out_dir / "metrics.json")
+    log.info("%s", closing(cfg, summary, out_dir))
     return summary
 
 
@@ -76,6 +75,7 @@ def user_error(err: BaseException) -> GraceError | None:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet()
     try:
         return run(cfg)["selection_score"]
     except Exception as err:  # any failure leaves a metrics.json with status "failed" (the sweep report lists it)
