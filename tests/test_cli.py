@@ -37,6 +37,32 @@ def test_single_run_writes_metrics_predictions_checkpoints(tmp_path, data_cache)
     assert "protocol=paper" in run.stderr + run.stdout
 
 
+def test_a_piped_run_prints_summary_config_one_line_per_epoch_and_result_without_noise(tmp_path, data_cache):
+    run = train([*TINY, "print_config=true", f"hydra.run.dir={tmp_path}"], data_cache)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    assert "model small: 40,868 parameters; controller gaba + wmse" in out and "fresh" in out
+    assert f"run directory: {tmp_path}" in out
+    assert "optimizer" in out and "lr: 0.001" in out  # the config tree
+    epochs = [line for line in out.splitlines() if "epoch " in line and " | " in line and "loss_rul=" in line]
+    assert [line.split("epoch ")[1].split(" ")[0] for line in epochs] == ["1/2", "2/2"]
+    for label in ("loss_health=", "test/rmse_last=", "weight_rul=", "weight_health=", "lr="):
+        assert label in epochs[-1]
+    assert "test rmse_last=" in out and f"files in {tmp_path}/: checkpoints/" in out
+    for noise in ("litlogger", "LeafSpec", "was configured so", "sync_dist", "Seed set to", "GPU available"):
+        assert noise not in out
+
+
+def test_type_errors_in_overrides_get_one_message(tmp_path, data_cache):
+    run = train(["trainer.max_epochs=abc", "seed=-3", "data.batch_size=1.5", "optimizer.lr=[1,2]",
+                 f"hydra.run.dir={tmp_path}"], data_cache)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    for key in ("trainer.max_epochs='abc'", "seed=-3", "data.batch_size=1.5", "optimizer.lr=[1, 2]"):
+        assert key in run.stdout + run.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "checkpoints").exists()  # stopped before any data or model
+
+
 def test_multirun_two_seeds(tmp_path, data_cache):
     run = train(["--multirun", "seed=1,2", *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}"],
                 data_cache)
@@ -45,6 +71,7 @@ def test_multirun_two_seeds(tmp_path, data_cache):
     assert len(found) == 2
     seeds = sorted(json.loads(p.read_text())["seed"] for p in found)
     assert seeds == [1, 2]
+    assert "(1 of 2 done)" in run.stdout and "(2 of 2 done)" in run.stdout
 
 
 def test_unknown_dataset_lists_choices(tmp_path, data_cache):

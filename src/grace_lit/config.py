@@ -35,16 +35,52 @@ def _count(value: Any) -> bool:
     return _is_int(value) and value >= 1
 
 
+def _fraction_or_count(value: Any) -> bool:
+    """Lightning's limit_*_batches: a float fraction of the batches, or an integer count."""
+    return _is_int(value) and value >= 0 or isinstance(value, float) and 0 <= value <= 1
+
+
+_MISSING = object()
+
+
 def _problems(cfg: DictConfig) -> list[str]:
     """One line per bad value: the key, the value and the allowed range."""
     found = []
 
     def check(key: str, ok: Callable[[Any], bool], allowed: str) -> None:
         value = OmegaConf.select(cfg, key)
-        if not ok(value):
+        try:
+            good = ok(value)
+        except TypeError:  # a value of another type altogether (a list where a number belongs, or the reverse)
+            good = False
+        if not good:
             found.append(f"{key}={value!r}: must be {allowed}")
 
-    check("optimizer.lr", _positive, "> 0")
+    def check_present(key: str, ok: Callable[[Any], bool], allowed: str) -> None:
+        if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:  # a preset may drop the stage
+            check(key, ok, allowed)
+
+    check("seed", lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2**32)")
+    check("trainer.max_epochs", _count, "an integer >= 1")
+    for split in ("train", "val", "test"):
+        check(f"trainer.limit_{split}_batches", _fraction_or_count,
+              "a fraction in [0, 1] (1.0: all batches) or an integer number of batches")
+    check_present("trainer.overfit_batches", _fraction_or_count, "a fraction in [0, 1] or an integer number of batches")
+    check("trainer.log_every_n_steps", _count, "an integer >= 1")
+    check("grad_clip", _positive, "> 0 (the global gradient-norm clip)")
+    check("optimizer.lr", _positive, "a number > 0")
+    check("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, ">= 0")
+    check("optimizer.betas", lambda v: not isinstance(v, str) and len(v) == 2
+          and all(_is_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.9, 0.999]")
+    check_present("loss.controller.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    check_present("callbacks.lr_warmup.epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    check_present("callbacks.lr_warmup.start_factor", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]")
+    check_present("callbacks.ema.decay", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)")
+    check_present("callbacks.plateau.factor", lambda v: _is_number(v) and 0 < v < 1, "in (0, 1)")
+    check_present("callbacks.plateau.patience", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (epochs)")
+    check_present("callbacks.plateau.min_lr", lambda v: _is_number(v) and v >= 0, ">= 0")
+    check_present("callbacks.early_stopping.patience", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (epochs)")
+    check_present("callbacks.progress.every_n_epochs", _count, "an integer >= 1")
     controller = cfg.loss.controller
     if "lr" in controller:  # a learnable controller's own parameter group
         check("loss.controller.lr", _positive, "> 0")
@@ -91,5 +127,5 @@ def validate(cfg: DictConfig) -> None:
     found = _problems(cfg)
     if found:
         lines = "\n".join(f"  {line}" for line in found)
-        raise GraceError(f"Invalid configuration:\n{lines}\nFix: set each key to a value in its allowed range "
+        raise GraceError(f"Invalid configuration:\n{lines}\nFix: set each key to a value of the allowed type and range "
                          f"(a command-line override key=value, or the file under conf/).")

@@ -12,6 +12,8 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -42,10 +44,23 @@ def problem(message: str) -> str:
     return " ".join(takewhile(lambda part: not part.startswith("Fix:"), lines))
 
 
+def sweep_size(config: DictConfig) -> int:
+    """How many jobs Hydra's basic sweeper makes of this sweep: its ``params`` (presets), then the command line's."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    return sum(len(batch) for batch in batches)
+
+
 class SweepLog(Callback):
     def __init__(self, filename: str, fields: list[str]):
         self.filename, self.fields = filename, list(fields)
         self._start = time.time()
+        self.total: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # before the launcher ships this callback to its workers (joblib, SLURM), so they know the total too
+        self.total = sweep_size(config)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._start = time.time()
@@ -60,5 +75,8 @@ class SweepLog(Callback):
             result = None
         # JobReturn.return_value re-raises a failed job's exception; the line only needs to name it
         error = job_return._return_value if job_return.status == JobStatus.FAILED else None
-        print(job_line(str(config.hydra.job.num), result, self.fields, time.time() - self._start, error),
-              flush=True)
+        # finished jobs, also in other workers and before a resume: the result files in the sweep directory
+        done = len(list(Path(config.hydra.sweep.dir).glob(f"*/{self.filename}")))
+        count = f"{done} of {self.total} done" if self.total else f"{done} done"
+        print(f"{job_line(str(config.hydra.job.num), result, self.fields, time.time() - self._start, error)} "
+              f"({count})", flush=True)

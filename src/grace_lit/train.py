@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from grace_lit.config import validate
 from grace_lit.console import closing, opening, print_config, quiet
 from grace_lit.errors import GraceError
-from grace_lit.io import AtomicCheckpointIO
+from grace_lit.io import AtomicCheckpointIO, atomic_write_text
 from grace_lit.module import GraceModule
 from grace_lit.results import run_summary, write_failure, write_results
 
@@ -62,6 +62,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
         return summary
     write_results(out_dir, summary, module.test_predictions)
+    atomic_write_text(out_dir / "preprocessing.json", data.splits.preprocessing.to_json())  # for grace_lit.predict
     log.info("%s", closing(cfg, summary, out_dir))
     return summary
 
