@@ -98,9 +98,9 @@ def runs_from_frame(frame: pd.DataFrame, path: str | Path, unit: str, time: str,
         i, before = order[bad[0] + 1], order[bad[0]]
         kind = "repeats" if t[bad[0] + 1] == t[bad[0]] else "is before"
         raise GraceError(f"{_where(path, i, time)} (dataset.time): time {t[bad[0] + 1]:g} of unit "
-                         f"{frame[unit].iloc[i]!s} {kind} the unit's previous time {t[bad[0]]:g} (row {before + 1}). Fix: "
-                         f"within a unit, time must strictly increase: drop duplicate rows and sort each unit's "
-                         f"rows by time.")
+                         f"{frame[unit].iloc[i]!s} {kind} the unit's previous time {t[bad[0]]:g} (row "
+                         f"{before + 1}). Fix: within a unit, time must strictly increase: drop duplicate rows and "
+                         f"sort each unit's rows by time.")
     n = len(frame)
     stack = lambda cols: np.stack(cols, axis=1)[order] if cols else np.zeros((n, 0))  # noqa: E731
     lookup = {code: name for name, code in names.items()}
