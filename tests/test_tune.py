@@ -23,7 +23,7 @@ from conftest import REPO, cli_env, composed
 optuna = pytest.importorskip("optuna")
 from grace_lit.callbacks.pruning import OptunaPruning  # noqa: E402  (needs optuna)
 from grace_lit.errors import GraceError  # noqa: E402
-from grace_lit.tune import check  # noqa: E402
+from grace_lit.tune import check, check_settings  # noqa: E402
 
 ARGS = ["dataset=FD001", "model=small", "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "hparams_search.n_trials=2",
@@ -93,6 +93,15 @@ def test_search_space_names_config_keys() -> None:
         cfg.hparams_search.params["optimizer.lr"].type = "loguniform"
     with pytest.raises(GraceError, match=r"optimizer.lrr: not a key(.|\n)*optimizer.lr: type='loguniform'"):
         check(cfg)
+
+
+def test_a_study_resumes_only_with_its_own_settings() -> None:
+    study = optuna.create_study()
+    check_settings(study, composed(["dataset=FD001", "model=small"], config_name="tune"))  # records them
+    check_settings(study, composed(["dataset=FD001", "model=small", "hparams_search.n_trials=50", "worker=3",
+                                    "study.dir=elsewhere"], config_name="tune"))  # budget, process, place
+    with pytest.raises(GraceError, match=r"other settings of model, optimizer\.\n"):
+        check_settings(study, composed(["dataset=FD001", "model=cmapss", "optimizer.eps=1e-6"], config_name="tune"))
 
 
 class Scripted(L.LightningModule):

@@ -90,6 +90,28 @@ def fit_trial(cfg: DictConfig, trial: optuna.Trial, study_dir: Path) -> float:
     return float(trainer.checkpoint_callback.best_model_score)
 
 
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    """What every trial of a study shares: its training config but for the searched values, the files' places
+    and the trial budget."""
+    shared = OmegaConf.to_container(trial_config(cfg, {}, Path("trial")), resolve=True)
+    for key in ("study", "worker", "paths", "print_config", "resume"):
+        shared.pop(key)
+    shared["hparams_search"].pop("n_trials")
+    return shared
+
+
+def check_settings(study: optuna.Study, cfg: DictConfig) -> None:
+    """A resumed study runs with the settings it started with: other settings would mix two studies in one."""
+    stored, current = study.user_attrs.get("settings"), settings(cfg)
+    if stored is None:
+        study.set_user_attr("settings", current)
+    elif stored != current:
+        changed = sorted(key for key in stored.keys() | current.keys() if stored.get(key) != current.get(key))
+        raise GraceError(f"Study {study.study_name} ({cfg.study.storage.url}) was started with other settings of "
+                         f"{', '.join(changed)}.\nFix: resume it with the overrides it started with (only "
+                         f"hparams_search.n_trials may change), or start another study with study.name=<new name>.")
+
+
 def study_state(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
@@ -131,6 +153,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     study = optuna.create_study(study_name=cfg.study.name, storage=instantiate(cfg.study.storage),
                                 sampler=instantiate(cfg.study.sampler), pruner=instantiate(cfg.study.pruner),
                                 direction="minimize", load_if_exists=True)
+    check_settings(study, cfg)
     n_trials = cfg.hparams_search.n_trials
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
         study.optimize(lambda trial: fit_trial(cfg, trial, study_dir), gc_after_trial=True,
