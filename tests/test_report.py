@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +107,23 @@ def test_failed_and_unfinished_runs_are_listed(sweep: Path):
     section = text.split("## Failed or unfinished runs")[1]
     assert "| failed | paper | FD001 | gaba | 4 | Non-finite loss or gradient at step 7. Fix: lower optimizer.lr |" \
         in section
-    assert "9_unfinished | unfinished | paper | FD001 | gaba | 5 | no metrics.json" in section
+    assert "| 9_unfinished | unfinished | paper | FD001 | gaba | 5 | no metrics.json" in section  # relative name
+    assert runs.run.tolist()[:2] == ["0_gaba", "1_gaba"]
+
+
+def test_committed_results_regenerate_byte_for_byte_from_another_checkout(tmp_path: Path):
+    """A fresh clone elsewhere: the committed results copied away, the report rebuilt there from its run folders."""
+    clone = tmp_path / "elsewhere"
+    shutil.copytree(REPO / "results", clone / "results")
+    sweeps = sorted(p.relative_to(clone).as_posix() for p in (clone / "results").iterdir() if p.is_dir())
+    made = subprocess.run([sys.executable, "-m", "grace_lit.report", *sweeps, "--out", "results", "--no-plots"],
+                          cwd=clone, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-3000:]
+    for name in ("report.md", "report.csv", "runs.csv", "paired.csv"):
+        assert (clone / "results" / name).read_bytes() == (REPO / "results" / name).read_bytes(), name
+    for path in (REPO / "results").rglob("*"):  # no committed file names the checkout that produced it
+        if path.is_file() and path.suffix in (".yaml", ".log", ".csv", ".md", ".json"):
+            assert str(REPO) not in path.read_text() and "/work/" not in path.read_text(), path
 
 
 def test_no_runs_is_a_clear_error(tmp_path: Path, capsys):

@@ -114,12 +114,15 @@ def load_run(path: Path) -> dict[str, Any]:
     return row
 
 
-def collect(paths: Iterable[Path]) -> pd.DataFrame:
+def collect(paths: Iterable[Path], out: Path) -> pd.DataFrame:
+    """Every run under ``paths``, named relative to ``out`` (the report's folder), so that a report moves with
+    its runs and any clone regenerates it byte for byte."""
     runs = find_runs(paths)
     if not runs:
         raise GraceError(f"No runs (metrics.json or Hydra training-job folders) under {', '.join(map(str, paths))}. "
                          f"Fix: pass the sweep directory a --multirun printed, e.g. multirun/<date>/<time>.")
     frame = pd.DataFrame([load_run(p) for p in runs])
+    frame["run"] = [Path(os.path.relpath(run, out.resolve())).as_posix() for run in frame["run"]]
     frame[list(METRICS)] = frame[list(METRICS)].apply(pd.to_numeric, errors="coerce")
     return frame
 
@@ -196,7 +199,7 @@ def default_out(paths: Sequence[Path]) -> Path:
 
 
 def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool, reference: str = "gaba") -> str:
-    runs = collect(paths)
+    runs = collect(paths, out)
     table = summarize(runs)
     paired = paired_comparisons(runs, reference)  # grace_lit.stats: each controller against the reference
     text = markdown(table, runs) + paired_markdown(paired, rank_table(runs), reference, "test/rmse_last", md_table)
@@ -211,7 +214,7 @@ def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool,
             sweep_bars(rows, protocol, out / f"report_{protocol}.png")
         for run in runs["run"]:
             try:
-                plot_run(Path(run), trajectory_units)
+                plot_run(out / run, trajectory_units)
             except Exception as err:  # one broken run must not stop the report of the others
                 print(f"warning: plots of {run} failed: {type(err).__name__}: {err}", file=sys.stderr)
     return text
