@@ -2,7 +2,8 @@
 
 Headless by construction: figures are ``matplotlib.figure.Figure`` objects saved directly, never pyplot, so no
 display backend or global figure state is involved. Per run (into ``<run>/plots/``): learning curves, controller
-weights with the GABA warmup band, learning rate and weight decay, last-window predictions, and full RUL
+weights with the GABA warmup band (and the gradient norms and the cosine between the task gradients where they
+were measured), learning rate and weight decay, last-window predictions, and full RUL
 trajectories of a few test units (re-scored from the selected checkpoint, see replay.py).
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from grace_lit.replay import window_predictions
 DPI = 120
 PANEL = (4.5, 3.4)  # inches per subplot; a figure is at least two panels wide, so its title fits
 LOG_SPAN = 10.0  # task weights spanning more than this factor (AMNL's effective weights) get a log axis
+CONTROLLER_PANELS = {"weight_": "task weights", "g_": "gradient norms (shared parameters)",
+                     "cos_": "cosine between the task gradients (< 0: conflict)"}
 BAR_METRICS = {"rmse_last": "test RMSE (last window)", "nasa": "test NASA score", "health_acc": "test health acc."}
 
 
@@ -68,19 +71,22 @@ def learning_curves(metrics: pd.DataFrame, monitor: str, best_epoch: int | None,
 
 
 def controller_weights(log: pd.DataFrame, warmup_steps: int | None, title: str, path: Path) -> Path:
-    """Per-epoch mean task weights (and gradient norms when logged) at each epoch's last step."""
-    norms = [c for c in log.columns if c.startswith("g_")]
-    fig, axes = _figure(2 if norms else 1)
-    for ax, prefix in zip(axes, ("weight_", "g_")):
+    """Per-epoch mean task weights at each epoch's last step; where the step measured the task gradients, also
+    their norms and the cosine between them (the conflict spec 002 measures before training, as a curve)."""
+    prefixes = [p for p in CONTROLLER_PANELS if any(c.startswith(p) for c in log.columns)]
+    fig, axes = _figure(len(prefixes))
+    for ax, prefix in zip(axes, prefixes):
         columns = [c for c in log.columns if c.startswith(prefix)]
         for column in columns:
             ax.plot(log["step"], log[column], marker=".", label=column)
         if warmup_steps:
             ax.axvspan(0, warmup_steps, color="0.85", label=f"warmup ({warmup_steps} steps, uniform)")
-        ax.set(xlabel="optimizer step (epoch end; values are epoch means)",
-               title="task weights" if prefix == "weight_" else "gradient norms (shared parameters)")
+        ax.set(xlabel="optimizer step (epoch end; values are epoch means)", title=CONTROLLER_PANELS[prefix])
         values = log[columns].to_numpy()
-        if prefix == "g_" or values.size and (values > 0).all() and values.max() > LOG_SPAN * values.min():
+        if prefix == "cos_":
+            ax.axhline(0.0, color="k", linewidth=0.8)
+            ax.set_ylim(-1.05, 1.05)
+        elif prefix == "g_" or values.size and (values > 0).all() and values.max() > LOG_SPAN * values.min():
             ax.set_yscale("log")
         ax.legend()
     fig.suptitle(title)
