@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from grace_lit.callbacks.pruning import OptunaPruning
 from grace_lit.config import validate
+from grace_lit.console import quiet, shown_path
 from grace_lit.errors import GraceError
 from grace_lit.io import atomic_write_json
 from grace_lit.results import TEST_KEYS, identity, write_results
@@ -85,7 +86,7 @@ def fit_trial(cfg: DictConfig, trial: optuna.Trial, study_dir: Path) -> float:
     L.seed_everything(trial_cfg.seed, workers=True)
     data, module, trainer = build(trial_cfg)
     trainer.callbacks.append(OptunaPruning(trial, trial_cfg.monitor))
-    log.info("trial %d: %s -> %s", trial.number, trial.params, trial_cfg.paths.output_dir)
+    log.info("trial %d: %s -> %s", trial.number, trial.params, shown_path(Path(trial_cfg.paths.output_dir)))
     trainer.fit(module, datamodule=data)
     return float(trainer.checkpoint_callback.best_model_score)
 
@@ -124,7 +125,7 @@ def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
     """The test set, once: the best trial's selected weights (its best.ckpt with the EMA shadow), reloaded."""
     result = study_dir / "metrics.json"
     if result.is_file():
-        log.info("The test set was scored already (%s); it is not scored again.", result)
+        log.info("The test set was scored already (%s); it is not scored again.", shown_path(result))
         return
     best = study.best_trial
     ckpt = Path(best.user_attrs["run_dir"]) / "checkpoints" / "best.ckpt"
@@ -132,7 +133,7 @@ def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
     L.seed_everything(best_cfg.seed, workers=True)
     data, module, trainer = build(best_cfg)
     log.info("Scoring trial %d (%s=%.4f) on the test set: %s", best.number, cfg.monitor, best.value,
-             ckpt)
+             shown_path(ckpt))
     trainer.test(module, datamodule=data, ckpt_path=str(ckpt), weights_only=False, verbose=False)
     metrics = trainer.callback_metrics
     summary = {"status": "completed", **identity(best_cfg),
@@ -143,10 +144,11 @@ def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
     write_results(study_dir, summary, module.test_predictions)
     log.info("[%s | protocol=%s] best trial %d: test rmse_last=%.3f rmse_all=%.3f nasa=%.1f -> %s",
              cfg.dataset.name, cfg.protocol.name, best.number, summary["test/rmse_last"], summary["test/rmse_all"],
-             summary["test/nasa"], result)
+             summary["test/nasa"], shown_path(result))
 
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)  # before a study is made: every value but the searched ones
     check(cfg)
     study_dir = Path(cfg.study.dir)
     study_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
@@ -162,8 +164,8 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     state = study_state(study)
     atomic_write_json(Path(cfg.paths.output_dir) / "tuning.json", state)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        log.info("Worker %s done. When every worker is, the same command without --multirun scores the best trial "
-                 "on the test set.", cfg.worker)
+        log.info("Worker %s done. When every worker is, the same command without --multirun and worker= scores "
+                 "the best trial on the test set.", cfg.worker)
     elif state["running"]:
         log.info("%d trials still run in other processes (or in one killed less than study.storage.grace_period "
                  "seconds ago): the test set is scored by a run after they finish.", state["running"])
@@ -174,6 +176,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="tune")
 def main(cfg: DictConfig) -> float | None:
+    quiet()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat options
     # the test run loads a trial's checkpoint into a trainer that writes into the study directory, by design
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
