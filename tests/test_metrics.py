@@ -34,3 +34,39 @@ def test_accuracy_on_last_windows():
     logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0], [0, 3.0, 0]])
     acc.update(logits, torch.tensor([0, 0, 2, 2]), LAST)
     assert acc.compute().item() == pytest.approx(2 / 3)
+
+
+def test_nasa_branches_and_float64_sums():
+    """d = +0.5 (late, just): e^(0.05) - 1, not the early branch; d = -390 (very early) with it: the sum needs
+    float64 to keep the small term (float32 keeps about 7 digits of e^30)."""
+    score = NASAScore(last_only=False)
+    pred, true = torch.tensor([20.5, 1.0]), torch.tensor([20.0, 391.0])
+    score.update(pred, true, torch.tensor([True, True]))
+    assert score.compute().item() == pytest.approx(math.expm1(0.05) + math.expm1(390 / 13), rel=1e-12)
+    rmse = RMSE(last_only=False)  # 10001^2 = 100020001 is not a float32
+    rmse.update(torch.tensor([10001.0]), torch.tensor([0.0]), torch.tensor([True]))
+    assert rmse.compute().item() == 10001.0
+
+
+def test_every_metric_accumulates_over_batches():
+    """Two batches, scored as one: last windows only and all windows; 4 health states and 5 windows, so the argmax is
+    over the states of each window."""
+    logits = torch.eye(4)[[0, 1, 2, 3, 1]] * 3.0
+    health = torch.tensor([0, 2, 2, 3, 1])
+    pred, true = torch.tensor([10.0, 12.0, 30.0, 5.0, 7.0]), torch.tensor([10.0, 20.0, 25.0, 5.0, 0.0])
+    last = torch.tensor([False, True, True, False, True])
+    metrics = {"acc_last": Accuracy(True), "acc_all": Accuracy(False), "nasa_last": NASAScore(True),
+               "nasa_all": NASAScore(False), "rmse_last": RMSE(True)}
+    for rows in (slice(0, 2), slice(2, 5)):
+        for name, metric in metrics.items():
+            if name.startswith("acc"):
+                metric.update(logits[rows], health[rows], last[rows])
+            else:
+                metric.update(pred[rows], true[rows], last[rows])
+    # by hand: correct states at windows 0, 2, 3, 4; d = 0, -8, +5, 0, +7
+    assert metrics["acc_last"].compute().item() == pytest.approx(2 / 3)
+    assert metrics["acc_all"].compute().item() == pytest.approx(4 / 5)
+    late = [math.expm1(5 / 10), math.expm1(7 / 10)]
+    assert metrics["nasa_last"].compute().item() == pytest.approx(math.expm1(8 / 13) + sum(late), rel=1e-12)
+    assert metrics["nasa_all"].compute().item() == pytest.approx(math.expm1(8 / 13) + sum(late), rel=1e-12)
+    assert metrics["rmse_last"].compute().item() == pytest.approx(math.sqrt((64 + 25 + 49) / 3), rel=1e-12)
