@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SENSORS
+from conftest import SENSORS, composed
+from grace_lit.config import validate
 from grace_lit.data.cmapss import COLUMNS, read_nasa
 from grace_lit.data.preprocess import Preprocessing, truncation_lengths
 from grace_lit.data.synthetic_table import LOADS, generate
@@ -251,3 +252,11 @@ def test_test_file_needs_its_rul(pumps, tmp_path):
     pd.read_csv(pumps / "test_rul.csv").iloc[1:].to_csv(tmp_path / "rul.csv", index=False)
     with pytest.raises(GraceError, match="test unit pump-008 has no remaining life"):
         table(pumps / "fleet.csv", test=str(pumps / "test.csv"), test_rul=str(tmp_path / "rul.csv"))
+
+
+def test_unset_table_keys_fail_validation_with_one_message():
+    with pytest.raises(GraceError) as err:
+        validate(composed(["dataset=table", "model=small", "dataset.train=fleet.csv"]))
+    message = str(err.value)
+    assert "dataset.features: not set" in message and "dataset.train" not in message.split("\n")[1]
+    validate(composed(["dataset=table", "model=small", "dataset.train=fleet.csv", "dataset.features=[a,b]"]))

@@ -45,6 +45,10 @@ _MISSING = object()
 
 def _problems(cfg: DictConfig) -> list[str]:
     """One line per bad value: the key, the value and the allowed range."""
+    unset = [key for key in cfg.dataset if OmegaConf.is_missing(cfg.dataset, key)]
+    if unset:  # dataset=table names its files and columns on the command line; nothing else can be checked yet
+        return [f"dataset.{key}: not set; must be given (dataset=table: e.g. dataset.train=fleet.csv "
+                f"'dataset.features=[temperature,pressure]'; conf/dataset/table.yaml)" for key in unset]
     found = []
 
     def check(key: str, ok: Callable[[Any], bool], allowed: str) -> None:
