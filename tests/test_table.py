@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from conftest import SENSORS, composed
 from grace_lit.config import validate
 from grace_lit.data.cmapss import COLUMNS, read_nasa
+from grace_lit.data.datamodule import RULDataModule
 from grace_lit.data.preprocess import Preprocessing, truncation_lengths
 from grace_lit.data.synthetic_table import LOADS, generate
 from grace_lit.data.table import Table
@@ -260,3 +262,18 @@ def test_unset_table_keys_fail_validation_with_one_message():
     message = str(err.value)
     assert message.split("\n")[1].startswith("  dataset.features: not set") and "dataset.train:" not in message
     validate(composed(["dataset=table", "model=small", "dataset.train=fleet.csv", "dataset.features=[a,b]"]))
+
+
+def test_kmeans_without_scikit_learn_says_what_to_install(pumps, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)  # import fails as if not installed
+    t = table(pumps / "fleet.csv", conditions=["load"], condition_mode="kmeans")
+    with pytest.raises(GraceError, match=r"needs scikit-learn.*pip install 'grace-lit\[table\]'"):
+        t.build(t.train_units(), NONE, seed=0)
+
+
+def test_holdout_protocol_on_a_table(pumps):
+    dm = RULDataModule(table(pumps / "fleet.csv"), "holdout", 0.2, 64, 256, seed=0, val_cuts=3)
+    dm.setup()
+    held = set(dm.splits.val.unit.unique().tolist())
+    assert len(held) == 1 and not held & set(dm.splits.train.unit.unique().tolist())  # 6 training units: 20%
+    assert int(dm.splits.val.is_last.sum()) == 3 and len(dm.splits.test.unit.unique()) == 2

@@ -76,7 +76,11 @@ class Preprocessing:
         if self.condition_mode == "round":
             self.keys = np.unique(self._round(settings), axis=0).tolist()
             return
-        from sklearn.cluster import KMeans  # optional: only k-means conditions need scikit-learn
+        try:
+            from sklearn.cluster import KMeans  # optional: only k-means conditions need scikit-learn
+        except ImportError as err:
+            raise GraceError("dataset.condition_mode=kmeans needs scikit-learn, which is not installed. Fix: pip "
+                             "install 'grace-lit[table]' (or scikit-learn), or use condition_mode=round.") from err
 
         scale = settings.std(axis=0)
         self.setting_scale = np.where(scale > 0, scale, 1.0).tolist()
