@@ -8,7 +8,7 @@
 
 The last line is ``fused_vs_single=<ratio> reference_vs_single=<ratio>`` (ratios of median step times).
 
-    .venv/bin/python benchmarks/gaba_step.py [--rounds 5] [--steps 2] [--threads N] [--clock wall|cpu]
+    .venv/bin/python benchmarks/gaba_step.py [--rounds 5] [--steps 2] [--model cmapss] [--threads N] [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -72,10 +72,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
+    parser.add_argument("--model", default="cmapss", help="conf/model/ preset (small: a quick smoke run)")
     add_options(parser)
     args = parser.parse_args()
     apply_options(args)
-    cfg = compose_config("dataset=FD002", "model=cmapss", "loss=gaba")
+    cfg = compose_config("dataset=FD002", f"model={args.model}", "loss=gaba")
     data = synthetic_windows(cfg)
     n_params = sum(p.numel() for p in instantiate(cfg.model).parameters())
     print(f"machine: {machine()}")

@@ -1,7 +1,8 @@
 """Epoch time of the LightningModule in a real lightning.Trainer (callbacks and logger as in conf/) against a
 minimal plain-PyTorch loop doing the same work on the same model, data and controller: forward, losses, GABA
 (fused, past its warmup), backward, clip, AdamW, EMA; then evaluation with the EMA weights swapped in, the
-metrics, and one checkpoint file.
+metrics, and one checkpoint file. The plain loop uses the same public units a run does (the model, the controller,
+``grace_lit.gradients.GradientStep``, the optimizer, ``grace_lit.metrics``), never the module's private methods.
 
 FD001, model=small, the first ``--batches`` training batches per epoch and the whole test set as evaluation.
 Epoch 0 of every fit is dropped (first-call allocations). The last line is ``lightning_vs_plain=<ratio>``.
@@ -19,8 +20,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from common import EpochTimer, add_options, apply_options, compose_config, interleaved, machine, medians, now
-from grace_lit.module import GraceModule
+from grace_lit.gradients import GradientStep
+from grace_lit.metrics import RMSE, Accuracy, NASAScore
 from grace_lit.train import build
+
+METRICS = {"rmse": RMSE, "nasa": NASAScore, "health_acc": Accuracy}  # each on the last and on all windows, as a run
 
 
 def lightning_epochs(cfg) -> list[float]:
@@ -32,29 +36,32 @@ def lightning_epochs(cfg) -> list[float]:
 
 
 def plain_epochs(cfg, out: Path) -> list[float]:
+    """The same work in a plain loop, through the same public units a run uses: the model, the controller, the
+    gradient step (grace_lit.gradients), the optimizer and the metrics; no Lightning."""
     data = instantiate(cfg.data, source=instantiate(cfg.dataset))
     data.setup("fit")
     model = instantiate(cfg.model)
     controller = instantiate(cfg.loss.controller)
     rul_loss = instantiate(cfg.rul_loss.fn)
-    # the module only lends its gradient path (the fused GABA backward) and its metrics: no trainer
-    module = GraceModule(model, controller, rul_loss, instantiate(cfg.optimizer), cfg.grad_clip, cfg.grad_mode)
-    opt = module.configure_optimizers()
+    gradient_step = GradientStep(model, controller, cfg.grad_mode, accumulate=1)
     params = [p for p in model.parameters() if p.requires_grad]
+    opt = instantiate(cfg.optimizer)([{"params": params}])  # GABA has no parameters of its own
+    metrics = {(name, last): metric(last_only=last) for name, metric in METRICS.items() for last in (True, False)}
     shadow = [p.detach().clone() for p in model.parameters()]
     decay = cfg.callbacks.ema.decay
     times = []
     for _ in range(cfg.trainer.max_epochs):
         start = now()
         model.train()
+        controller.before_epoch()
         for i, (x, rul, health, _, _) in enumerate(data.train_dataloader()):
             if i == cfg.trainer.limit_train_batches:
                 break
+            opt.zero_grad(set_to_none=True)
             features = model.backbone(x)
             rul_pred, logits = model.heads(features)
             losses = torch.stack([rul_loss(rul_pred, rul), F.cross_entropy(logits, health)])
-            opt.zero_grad(set_to_none=True)
-            module._backward(losses, features)
+            gradient_step(losses, losses.detach(), features, torch.Tensor.backward)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             controller.after_step()
@@ -64,10 +71,13 @@ def plain_epochs(cfg, out: Path) -> list[float]:
         with torch.no_grad():
             live = [p.detach().clone() for p in model.parameters()]
             torch._foreach_copy_(list(model.parameters()), shadow)
-            for batch in data.val_dataloader():
-                module._evaluate(batch)
-            scores = {name: metric.compute() for name, metric in module.metrics.items()}
-            for metric in module.metrics.values():
+            for x, rul, health, _, is_last in data.val_dataloader():
+                rul_pred, logits = model(x)
+                outputs = {"rmse": (rul_pred, rul), "nasa": (rul_pred, rul), "health_acc": (logits, health)}
+                for (name, _), metric in metrics.items():
+                    metric.update(*outputs[name], is_last)
+            scores = {f"{name}_{'last' if last else 'all'}": m.compute() for (name, last), m in metrics.items()}
+            for metric in metrics.values():
                 metric.reset()
             torch._foreach_copy_(list(model.parameters()), live)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": shadow,

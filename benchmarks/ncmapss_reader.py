@@ -10,7 +10,7 @@ selected columns as float32 over all rows, what a whole-column read would hold a
 cache after the first read, so the times are warm-cache reads. The last line is
 ``peak_vs_selected=<largest read peak / selected float32 size over the presets>``.
 
-    .venv/bin/python benchmarks/ncmapss_reader.py [--rounds 3] [--file /tmp/grace-lit-bench/...h5]
+    .venv/bin/python benchmarks/ncmapss_reader.py [--rounds 3] [--file /tmp/grace-lit-bench/...h5] [--presets ...]
 """
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="generated once, then reused")
+    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
     parser.add_argument("--child", choices=PRESETS, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,14 +86,14 @@ def main() -> None:
     print(f"{args.file}: {rows:,} rows, {args.file.stat().st_size / 2 ** 30:.2f} GiB")
     runs: dict[tuple[str, bool], list[dict[str, float]]] = {}
     for r in range(args.rounds):
-        for preset in PRESETS:
+        for preset in args.presets:
             for trace in (False, True):
                 runs.setdefault((preset, trace), []).append(measure(preset, args.file, trace))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     ratios = []
     print(f"{'preset':<15} {'read s':>7} {'build s':>8} {'selected f32 MiB':>17} {'kept f32 MiB':>13} "
           f"{'read peak MiB':>14} {'traced MiB':>11} {'read+build peak MiB':>20} {'peak/selected':>14}")
-    for preset in PRESETS:
+    for preset in args.presets:
         plain, traced = runs[(preset, False)], runs[(preset, True)]
         med = {k: statistics.median(m[k] for m in plain) for k in plain[0]}
         selected = rows * med["features"] * 4

@@ -1,0 +1,46 @@
+"""Every benchmark script runs on a CPU at a tiny size and prints its result line: a benchmark that no longer
+matches the code fails here, not when someone next measures. (The GPU benchmarks and the campaign have their
+own tests.)"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli_env
+from grace_lit.data.synthetic_ncmapss import generate
+
+NUMBER = r"[0-9]+\.[0-9]+"
+
+
+def bench(script: str, args: list[str], data_cache: Path) -> str:
+    run = subprocess.run([sys.executable, script, *args], cwd=REPO / "benchmarks", env=cli_env(data_cache),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("script, args, last", [
+    ("gaba_step.py", ["--rounds", "1", "--steps", "1", "--model", "small", "--threads", "1", "--clock", "cpu"],
+     rf"fused_vs_single={NUMBER} reference_vs_single={NUMBER}"),
+    ("lightning_overhead.py", ["--rounds", "1", "--epochs", "2", "--batches", "2", "--threads", "1"],
+     rf"lightning_vs_plain={NUMBER}"),
+    ("data_prep.py", ["--rounds", "1", "--threads", "1"], rf"fd004_cold_s={NUMBER} fd004_prep_s={NUMBER}"),
+])
+def test_benchmark_runs_and_prints_its_result(script, args, last, data_cache):
+    assert re.fullmatch(last, bench(script, args, data_cache))
+
+
+def test_ncmapss_reader_benchmark_on_a_small_generated_file(tmp_path, data_cache):
+    path = generate(tmp_path / "ds02.h5", cycles=10, flight_rows=150, seed=0)
+    args = ["--rounds", "1", "--file", str(path), "--presets", "ncmapss_20feat"]
+    assert re.fullmatch(rf"peak_vs_selected={NUMBER}", bench("ncmapss_reader.py", args, data_cache))
+
+
+def test_every_benchmark_script_is_smoke_tested_here_or_beside_its_owner():
+    here = {"gaba_step.py", "lightning_overhead.py", "data_prep.py", "ncmapss_reader.py", "common.py"}
+    elsewhere = {"gpu_window.py", "gpu_throughput.py", "campaign.py"}  # tests/test_campaign.py, the GPU tests
+    assert {p.name for p in (REPO / "benchmarks").glob("*.py")} <= here | elsewhere
