@@ -143,7 +143,7 @@ def test_step_in_the_module(method, grad_mode):
 def test_every_method_through_the_cli(tmp_path, data_cache):
     losses = [*METHODS, "dwa"]
     run = subprocess.run([sys.executable, "-m", "grace_lit.train", "--multirun", f"loss={','.join(losses)}",
-                          "dataset=FD001", "model=small", "trainer.max_epochs=3", "trainer.limit_train_batches=2",
+                          "dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                           "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path}"],
                          cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -152,10 +152,8 @@ def test_every_method_through_the_cli(tmp_path, data_cache):
     for loss, run_dir in runs.items():
         assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed", loss
         log = pd.read_csv(run_dir / "controller_log.csv")
-        assert len(log) == 3 and {"weight_rul", "weight_health"} <= set(log.columns)
+        assert len(log) == 1 and {"weight_rul", "weight_health"} <= set(log.columns)
         assert log[["weight_rul", "weight_health"]].notna().all().all(), loss
         if loss != "dwa":  # the Gramian on the backbone is measured every step
             assert log["cos_rul_health"].between(-1, 1).all(), loss
-    dwa = pd.read_csv(runs["dwa"] / "controller_log.csv")
-    assert dwa.loc[:1, ["weight_rul", "weight_health"]].eq(1.0).all().all()  # uniform for two epochs
-    assert dwa.loc[2, "weight_rul"] != 1.0 and dwa.loc[2, ["weight_rul", "weight_health"]].sum() == pytest.approx(2)
+    # DWA's later epochs: tests/test_dwa.py
