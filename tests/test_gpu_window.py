@@ -1,0 +1,48 @@
+"""The prepared GPU command's CPU dry run (benchmarks/gpu_window.py --dry-run): every phase on the same code
+path as on a GPU, one archive without checkpoints plus summary.json, and a second command on the same machine
+that redoes nothing finished."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from conftest import REPO, cli_env
+
+
+def window(tmp_path: Path, data_cache: Path) -> dict:
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_window.py"), "--dry-run", "--budget", "240",
+                          "--out", str(out), "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+                         cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_window.tar.gz", "summary.json"]
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_dry_run_runs_every_phase_and_packs_one_archive(tmp_path, data_cache):
+    summary = window(tmp_path, data_cache)
+    assert summary["finished_phases"] == ["concurrency", "epochs", "launch", "tests"]
+    assert summary["tests"]["tests"] == summary["tests"]["skipped"] > 0  # the CUDA cases, skipped on a CPU
+    assert summary["tests"]["failures"] == summary["tests"]["errors"] == 0
+    assert set(summary["epoch_s"]) == {"gaba-float32", "gaba-bf16-fused"}
+    assert all(isinstance(t, float) and t > 0 for t in summary["epoch_s"].values())
+    (row,) = summary["concurrency"]
+    assert row["processes"] == 2 and row["slowdown"] > 0
+    assert summary["launch"]["b1024_over_b256"] > 0
+    assert summary["campaign"]["counts"] == {"completed": 2}  # FD002 GRACE, seed 42, both protocols
+    with tarfile.open(tmp_path / "out" / "gpu_window.tar.gz") as tar:
+        names = tar.getnames()
+    assert not [n for n in names if "checkpoints" in n or n.endswith(".ckpt")]
+    for name in ("tests/junit.xml", "measure/epochs.jsonl", "measure/profile_profile-b256.txt",
+                 "runs/FD002_gaba_paper/s42/metrics.json", "runs/FD002_gaba_holdout/s42/predictions.csv"):
+        assert f"gpu_window/{name}" in names
+    assert (tmp_path / "work" / "runs" / "FD002_gaba_paper" / "s42" / "checkpoints" / "last.ckpt").is_file()
+
+    again = window(tmp_path, data_cache)  # the same machine, a later command: nothing finished is redone
+    assert list(again["phase_s"]) == ["campaign"]
+    assert again["campaign"]["counts"] == {"completed": 2} and again["epoch_s"] == summary["epoch_s"]
+    leftovers = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path).encode() in p.read_bytes()]
+    assert leftovers == []
