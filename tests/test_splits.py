@@ -1,15 +1,11 @@
 """Unit splits: held-out cuts (protocol.val_cuts), the split seed, k-fold over units, the test-truth cap."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, cli_env, composed
+from conftest import composed
 from grace_lit.config import validate
 from grace_lit.data.datamodule import RULDataModule
 from grace_lit.data.pipeline import RunToFailure, Runs
@@ -17,6 +13,7 @@ from grace_lit.data.preprocess import fold_units, truncation_lengths
 from grace_lit.errors import GraceError
 from grace_lit.metrics import RMSE
 from test_data import reader
+from test_presets import TINY, tiny_run
 
 LENGTHS = {1: 40, 2: 55, 3: 61, 4: 72, 5: 90}  # a small fleet: unit -> cycles to failure
 WINDOW = 10
@@ -145,13 +142,9 @@ def test_cap_test_rul(data_cache, cmapss_dir):
     assert float(test.rul.max()) > 125 and int(test.unit.unique().numel()) == 259
 
 
-def test_cli_records_the_split_in_metrics_json(data_cache, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "grace_lit.train", "dataset=FD001", "model=small", "protocol=holdout",
-                          "protocol.folds=4", "protocol.fold=1", "protocol.val_cuts=3", "data.split_seed=7",
-                          "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path}"],
-                         cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+def test_metrics_json_records_the_split(data_cache, tmp_path):
+    metrics = tiny_run(["dataset=FD001", "protocol=holdout", "protocol.folds=4", "protocol.fold=1",
+                        "protocol.val_cuts=3", "data.split_seed=7", *TINY], tmp_path, data_cache)
     assert (metrics["folds"], metrics["fold"], metrics["val_cuts"], metrics["split_seed"], metrics["seed"]) == (
         4, 1, 3, 7, 42)
 
