@@ -41,7 +41,7 @@ def test_joblib_multirun_two_jobs(tmp_path, data_cache):
     for num, (line, result) in enumerate(zip(lines, results)):
         assert re.match(rf"\[job {num}\] dataset=FD001 loss=gaba rul_loss=wmse protocol=paper seed={num + 1} "
                         rf"test/rmse_last={result['test/rmse_last']:.4g} test/rmse_all=\S+ test/nasa=\S+ "
-                        rf"wall_time_s=\S+ completed$",
+                        rf"wall_time_s=\S+ completed \([12] of 2 done\)$",
                         line), line
 
 
