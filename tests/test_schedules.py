@@ -6,7 +6,8 @@ import torch
 
 from grace_lit.callbacks.ema import EMAWeights
 from grace_lit.callbacks.lr_warmup import warmup_factor
-from grace_lit.callbacks.weight_decay import decay_factor
+from grace_lit.callbacks.weight_decay import WeightDecaySchedule, decay_factor
+from grace_lit.errors import GraceError
 
 
 @pytest.mark.parametrize("epoch, lr", [(0, 1.0e-4), (5, 5.5e-4), (9, 9.1e-4), (10, 1.0e-3), (50, 1.0e-3)])
@@ -17,6 +18,12 @@ def test_warmup_matches_spec_004_table(epoch, lr):
 @pytest.mark.parametrize("epoch, wd", [(0, 1e-4), (99, 1e-4), (100, 5e-5), (199, 5e-5), (200, 1e-5), (499, 1e-5)])
 def test_weight_decay_schedule(epoch, wd):
     assert 1e-4 * decay_factor(epoch, [100, 200], [0.5, 0.1]) == pytest.approx(wd)
+
+
+@pytest.mark.parametrize("milestones, factors", [([200, 100], [0.5, 0.1]), ([100], [0.5, 0.1])])
+def test_weight_decay_schedule_rejects_bad_milestones(milestones, factors):
+    with pytest.raises(GraceError, match=r"callbacks\.weight_decay\.milestones=.*Fix"):
+        WeightDecaySchedule(milestones, factors)
 
 
 class _Holder(torch.nn.Module):

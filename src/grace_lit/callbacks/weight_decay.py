@@ -5,6 +5,8 @@ import bisect
 
 import lightning as L
 
+from grace_lit.errors import GraceError
+
 
 def decay_factor(epoch: int, milestones: list[int], factors: list[float]) -> float:
     """With milestones (100, 200) and factors (0.5, 0.1): 1 for epochs 0-99, 0.5 for 100-199, 0.1 from 200."""
@@ -17,7 +19,9 @@ class WeightDecaySchedule(L.Callback):
 
     def __init__(self, milestones: list[int], factors: list[float]):
         if len(milestones) != len(factors) or list(milestones) != sorted(milestones):
-            raise ValueError("weight-decay milestones must be increasing and match factors one to one")
+            raise GraceError(f"callbacks.weight_decay.milestones={list(milestones)} with factors={list(factors)}: the "
+                             f"milestones must be increasing, one factor each. Fix: e.g. milestones=[100,200] "
+                             f"factors=[0.5,0.1].")
         self.milestones, self.factors = list(milestones), list(factors)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
