@@ -16,9 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from conftest import composed
+from grace_lit.callbacks.ema import EMAWeights
 from grace_lit.data.windows import batch_as_is
 from grace_lit.losses.fixed import FixedWeights
 from grace_lit.losses.gaba import GABA
@@ -34,6 +36,7 @@ class Trace(L.Callback):
     def __init__(self):
         self.batches: list[dict] = []
         self.evaluated: list[list[torch.Tensor]] = []  # the parameters each evaluation ran with
+        self.tested: list[list[torch.Tensor]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         groups = trainer.optimizers[0].param_groups
@@ -47,6 +50,9 @@ class Trace(L.Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, *args):
         self.evaluated.append([p.detach().clone() for p in pl_module.model.parameters()])
+
+    def on_test_batch_start(self, trainer, pl_module, *args):
+        self.tested.append([p.detach().clone() for p in pl_module.model.parameters()])
 
     def per_epoch(self, key: str) -> dict[int, list[float]]:
         """``key`` at the first batch of every epoch."""
@@ -86,17 +92,20 @@ def stages(*names: str, overrides: list[str] = ()) -> list[L.Callback]:
 
 
 def fit(callbacks: list[L.Callback], epochs: int, controller=None, optimizer=None, batch_size: int = 16,
-        grad_clip: float = 1e12, accumulate: int = 1, root: Path | None = None, **trainer_args) -> Trace:
+        grad_clip: float = 1e12, accumulate: int = 1, root: Path | None = None, ckpt_path: Path | None = None,
+        **trainer_args) -> Trace:
     trace = Trace()
     module = GraceModule(tiny_model(), controller or FixedWeights([0.5, 0.5]), WMSE(MAX_RUL),
                          optimizer or partial(torch.optim.SGD, lr=1e-3), grad_clip=grad_clip, accumulate=accumulate)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, precision="64-true", logger=False,
-                        callbacks=[*callbacks, trace], enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[*callbacks, trace], enable_progress_bar=False,
+                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,
                         **trainer_args)
     data = tiny_batch()
     trainer.fit(module, DataLoader(data, batch_size=batch_size, collate_fn=batch_as_is),
-                DataLoader(data, batch_size=len(data), collate_fn=batch_as_is))
+                DataLoader(data, batch_size=len(data), collate_fn=batch_as_is), ckpt_path=ckpt_path,
+                weights_only=False)
     trace.trainer, trace.module = trainer, module
     return trace
 
@@ -198,6 +207,11 @@ def test_ema_after_every_optimizer_step_and_evaluated(accumulate):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
     for live, last in zip(trace.module.model.parameters(), steps[-1]["params"]):
         assert torch.equal(live, last)
+    trace.trainer.test(trace.module, DataLoader(tiny_batch(), batch_size=16, collate_fn=batch_as_is), verbose=False)
+    for got, want in zip(trace.tested[0], shadow):  # the test set too is scored with the shadow
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    for live, last in zip(trace.module.model.parameters(), steps[-1]["params"]):
+        assert torch.equal(live, last)
 
 
 # ------------------------------------------------------------------------------------- controller log
@@ -220,3 +234,33 @@ def test_controller_log_epoch_values_are_the_means_of_the_steps(tmp_path):
     assert weights.std() > 1e-3  # the weights move: the means are not those of a constant
     last = trace.trainer.callback_metrics["controller/weight_rul"].item()
     assert last == pytest.approx(rows["weight_rul"].iloc[-1], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------- resume
+def test_stages_resume_from_last_checkpoint_as_if_never_stopped(tmp_path):
+    """8 epochs in one run against 4 epochs, then a resume from last.ckpt to 8: the same learning rates (the
+    plateau's counters survive: warmup 2 epochs, patience 1, a flat metric cuts after epochs 4 and 6), the same EMA
+    shadow and the same controller_log.csv rows."""
+    metric = [1.0, 1.0] + [5.0] * 6
+    overrides = ["callbacks.lr_warmup.epochs=2", "callbacks.plateau.patience=1", "callbacks.ema.decay=0.5"]
+    names = ("lr_warmup", "plateau", "ema", "controller_log")
+
+    def run(root: Path, epochs: int, resume: bool = False) -> Trace:
+        checkpoint, = stages("last_checkpoint", overrides=[f"paths.output_dir={root}"])
+        return fit([Scripted(metric), *stages(*names, overrides=overrides), checkpoint], epochs=epochs, root=root,
+                   batch_size=6, optimizer=partial(torch.optim.AdamW, lr=0.01),
+                   controller=GABA(warmup_steps=1).double(),  # float64 already when the checkpoint loads into it
+                   ckpt_path=root / "checkpoints" / "last.ckpt" if resume else None)
+
+    whole = run(tmp_path / "whole", 8)
+    run(tmp_path / "parts", 4)
+    resumed = run(tmp_path / "parts", 8, resume=True)
+    lrs = whole.per_epoch("lr")
+    assert [lr[0] for lr in lrs.values()] == pytest.approx([1e-3, 5.5e-3] + [1e-2] * 3 + [5e-3] * 2 + [2.5e-3])
+    assert resumed.per_epoch("lr") == {e: lrs[e] for e in range(4, 8)}
+    shadows = [next(c for c in t.trainer.callbacks if isinstance(c, EMAWeights)).shadow for t in (whole, resumed)]
+    for a, b in zip(*shadows):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    logs = [pd.read_csv(tmp_path / run_dir / "controller_log.csv") for run_dir in ("whole", "parts")]
+    assert len(logs[1]) == 8
+    pd.testing.assert_frame_equal(*logs, rtol=1e-12)
