@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from conftest import REPO, cli_env
+from grace_lit.console import quiet
 
 TINY = ["dataset=FD001", "model=small", "trainer.max_epochs=2", "trainer.limit_train_batches=5"]
 
@@ -51,6 +54,29 @@ def test_a_piped_run_prints_summary_config_one_line_per_epoch_and_result_without
     assert "test rmse_last=" in out and f"files in {tmp_path}/: checkpoints/" in out
     for noise in ("litlogger", "LeafSpec", "was configured so", "sync_dist", "Seed set to", "GPU available"):
         assert noise not in out
+
+
+def test_quiet_drops_the_listed_notices_only():
+    quiet()
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    for name, message in [("lightning.pytorch.accelerators.cuda", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]"),
+                          ("lightning.pytorch.utilities.rank_zero", "`Trainer(limit_val_batches=1.0)` was configured"),
+                          ("lightning.pytorch.utilities.rank_zero", "Running in `fast_dev_run` mode: 1 batch"),
+                          ("lightning.fabric.utilities.seed", "Seed set to 42")]:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.info(message)
+        logger.removeHandler(handler)
+    assert seen == ["Running in `fast_dev_run` mode: 1 batch"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet()  # after "always": its filters come first
+        warnings.warn("It is recommended to use `self.log('x', ..., sync_dist=True)` when logging on epoch level")
+        warnings.warn("The number of training batches (2) is smaller than the logging interval Trainer(...)")
+        warnings.warn("GPU available but not used.")
+    assert [str(w.message) for w in caught] == ["GPU available but not used."]
 
 
 def test_type_errors_in_overrides_get_one_message(tmp_path, data_cache):

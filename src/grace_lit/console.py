@@ -35,9 +35,10 @@ NOISE_RECORDS = re.compile("|".join((
     r"Restoring states from the checkpoint path at ",          # resume (said by the summary), the final test
     r"Restored all states from the checkpoint",
     r"Loaded model weights from the checkpoint",
+    r"LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: ",                # on a GPU; the summary names the device
 )))
 LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                     "lightning.fabric.utilities.seed")
+                     "lightning.fabric.utilities.seed", "lightning.pytorch.accelerators.cuda")
 
 
 def _keep(record: logging.LogRecord) -> bool:
