@@ -3,7 +3,8 @@
 The module is ``GraceModule`` on the tiny float64 model of tests/test_module.py, its 16 windows as training and
 validation data; the stages are the composed config's callbacks (small overrides where the defaults would need
 hundreds of epochs). ``Trace`` records what each stage left behind: per training batch the epoch, each parameter
-group's lr and weight decay, and after the step the parameters and the controller's logged values.
+group's lr and weight decay, and after the step the parameters and the values the controller and the gradient step
+logged (weights, norms, EMAs, the gradient cosine).
 """
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ class Trace(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, *args):
         self.batches[-1].update(step=trainer.global_step,
                                 params=[p.detach().clone() for p in pl_module.model.parameters()],
-                                logged={k: v.detach().clone() for k, v in pl_module.controller.log_values().items()})
+                                logged={k: v.detach().clone() for k, v in self.logged_values(pl_module).items()})
+
+    @staticmethod
+    def logged_values(pl_module) -> dict[str, torch.Tensor]:
+        return {**pl_module.controller.log_values(), **pl_module.gradient_step.log_values()}
 
     def on_validation_batch_start(self, trainer, pl_module, *args):
         self.evaluated.append([p.detach().clone() for p in pl_module.model.parameters()])
@@ -223,13 +228,15 @@ def test_controller_log_epoch_values_are_the_means_of_the_steps(tmp_path):
                 limit_val_batches=0)
     rows = pd.read_csv(tmp_path / "controller_log.csv")
     assert rows["epoch"].tolist() == [0, 1] and rows["step"].tolist() == [3, 6]
+    assert set(rows.columns) == {"epoch", "step", "weight_rul", "weight_health", "ema_rul", "ema_health", "g_rul",
+                                 "g_health", "raw_rul", "raw_health", "cos_rul_health"}  # README's columns
     for epoch, row in rows.iterrows():
         steps = [b["logged"] for b in trace.batches if b["epoch"] == epoch]
         keys = set().union(*steps)
-        assert {"weight_rul", "weight_health", "g_rul", "g_health"} <= keys <= set(row.index)
+        assert keys == set(row.index) - {"epoch", "step"}
         for key in keys:
             mean = torch.stack([s[key] for s in steps if key in s]).mean().item()
-            assert row[key] == pytest.approx(mean, rel=1e-6), (epoch, key)
+            assert row[key] == pytest.approx(mean, rel=1e-6, abs=1e-6), (epoch, key)  # summed in float32
     weights = torch.stack([b["logged"]["weight_rul"] for b in trace.batches])
     assert weights.std() > 1e-3  # the weights move: the means are not those of a constant
     last = trace.trainer.callback_metrics["controller/weight_rul"].item()
