@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -26,6 +27,7 @@ from grace_lit.data.windows import batch_as_is
 from grace_lit.losses.fixed import FixedWeights
 from grace_lit.losses.gaba import GABA
 from grace_lit.losses.rul import WMSE
+from grace_lit.losses.single_task import SingleTask
 from grace_lit.losses.uncertainty import Uncertainty
 from grace_lit.module import GraceModule
 from test_module import tiny_batch, tiny_model
@@ -271,3 +273,47 @@ def test_stages_resume_from_last_checkpoint_as_if_never_stopped(tmp_path):
     logs = [pd.read_csv(tmp_path / run_dir / "controller_log.csv") for run_dir in ("whole", "parts")]
     assert len(logs[1]) == 8
     pd.testing.assert_frame_equal(*logs, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("controller", [FixedWeights([0.5, 0.5]), SingleTask()], ids=["both", "single_task"])
+def test_evaluation_reports_the_scores_of_its_predictions(controller):
+    """One epoch, then the test: every logged name, each score recomputed here from the model's predictions
+    (rmse and NASA over the last window of each unit and over all windows, health accuracy), the training losses,
+    and predictions.csv's rows (one per unit). Single-task reports no health score and no health prediction."""
+    trace = fit([], epochs=1, controller=controller, optimizer=partial(torch.optim.SGD, lr=1e-3))
+    trainer, module, data = trace.trainer, trace.module, tiny_batch()
+    x, rul, health, unit, last = data.__getitems__(list(range(len(data))))
+    start = tiny_model()  # the training loss: the batch's, before the step, BatchNorm on batch statistics
+    rul_pred, logits = start(x.double())
+    losses = [WMSE(MAX_RUL)(rul_pred, rul.double()).item(), F.cross_entropy(logits, health).item()]
+    module.model.eval()
+    with torch.no_grad():
+        rul_pred, logits = (t.numpy() for t in module.model(x.double()))
+    d, rul, health, last = rul_pred - rul.numpy(), rul.numpy(), health.numpy(), last.numpy()
+    nasa = np.where(d < 0, np.exp(-d / 13), np.exp(d / 10)) - 1
+    scores = {"rmse_last": np.sqrt(np.mean(d[last] ** 2)), "rmse_all": np.sqrt(np.mean(d ** 2)),
+              "nasa": nasa[last].sum(), "nasa_all": nasa.sum()}
+    if controller.trains_health:
+        scores |= {"health_acc": np.mean(logits[last].argmax(1) == health[last]),
+                   "health_acc_all": np.mean(logits.argmax(1) == health)}
+    expected = {f"val/{k}": v for k, v in scores.items()} | {"lr": 1e-3, "weight_decay": 0.0}
+    expected |= {"train/loss_rul": losses[0], "train/loss_health": losses[1]}
+    logged = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    assert set(logged) == set(expected) | {"train/grad_norm"}
+    for key, value in expected.items():
+        assert logged[key] == pytest.approx(value, rel=1e-6), key  # logged as float32
+    trainer.test(module, DataLoader(data, batch_size=7, collate_fn=batch_as_is), verbose=False)
+    assert {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("test/")} == pytest.approx(
+        {f"test/{k}": v for k, v in scores.items()}, rel=1e-6)
+    frame = module.test_predictions
+    assert frame.columns.tolist() == ["unit", "rul_true", "rul_pred", "health_true", "health_pred"]
+    assert frame["unit"].tolist() == unit[last].tolist() == [1, 2]
+    np.testing.assert_allclose(frame["rul_true"], rul[last])
+    np.testing.assert_allclose(frame["rul_pred"], rul_pred[last], rtol=1e-12)
+    assert frame["health_true"].tolist() == health[last].tolist()
+    if controller.trains_health:
+        assert frame["health_pred"].tolist() == logits[last].argmax(1).tolist()
+        assert str(frame["health_pred"].dtype) == "int64"
+    else:
+        assert frame["health_pred"].isna().all()
