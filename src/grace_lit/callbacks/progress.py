@@ -65,8 +65,6 @@ class EpochLines(ProgressBar):
 
     def __init__(self, metrics: list[str], every_n_epochs: int):
         super().__init__()
-        if every_n_epochs < 1:
-            raise GraceError(f"callbacks.progress.every_n_epochs={every_n_epochs}: must be an integer >= 1.")
         self.keys, self.every = list(metrics), every_n_epochs
         self._enabled, self._start, self._first = True, 0.0, 0
 
