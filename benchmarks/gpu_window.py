@@ -268,18 +268,19 @@ def summarise(work: Path, elapsed: dict[str, float], budget: float) -> dict[str,
     gaba = epochs.get(GABA32)
     rows = phases.get("concurrency", {}).get("rows", [])
     camp = phases.get("campaign", {})
+    gpu = torch.cuda.is_available()  # a dry run's figures are no evidence about the goals
     unfinished = [f"{row['cell']}/s{seed}" for row in camp.get("cells", []) for seed, run in row["runs"].items()
                   if run["status"] == "unfinished"]
     return {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)",
+        "device": torch.cuda.get_device_name() if gpu else "cpu (dry run)",
         "torch": torch.__version__, "commit": git_commit(), "budget_s": budget, "phase_s": elapsed,
         "tests": {k: phases.get("tests", {}).get(k) for k in ("tests", "failures", "errors", "skipped", "failed",
                                                               "properties")},
         "epoch_s": epochs, "concurrency": rows, "launch": phases.get("launch", {}).get("verdict"),
-        "goals": {"gaba_float32_epoch_s_le_1": gaba <= 1.0 if isinstance(gaba, float) else None,
+        "goals": {"gaba_float32_epoch_s_le_1": gaba <= 1.0 if gpu and isinstance(gaba, float) else None,
                   "four_seeds_each_le_1_5x": any(r["processes"] >= 4 and not r.get("errors") and
                                                  (r.get("slowdown") or 9) <= 1.5 for r in rows)
-                  if rows else None},
+                  if gpu and rows else None},
         "campaign": {"jobs": camp.get("jobs"), "counts": camp.get("counts"), "stopped": camp.get("sweeps_stopped"),
                      "unfinished": unfinished},
         "finished_phases": sorted(p for p, r in phases.items() if r.get("finished"))}
@@ -345,8 +346,8 @@ def main() -> None:
     args.budget = args.budget or (150 if args.dry_run else 480)
     args.work = args.work or WORK.with_name(WORK.name + ("_dry" if args.dry_run else ""))
     summary = window(args)
-    print(json.dumps({k: summary[k] for k in ("device", "phase_s", "tests", "epoch_s", "goals", "campaign",
-                                              "wall_s")}, indent=1))
+    print(json.dumps({k: summary[k] for k in ("device", "phase_s", "finished_phases", "tests", "epoch_s", "goals",
+                                              "campaign", "wall_s")}, indent=1))
 
 
 if __name__ == "__main__":
