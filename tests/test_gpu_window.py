@@ -46,3 +46,26 @@ def test_dry_run_runs_every_phase_and_packs_one_archive(tmp_path, data_cache):
     assert again["campaign"]["counts"] == {"completed": 2} and again["epoch_s"] == summary["epoch_s"]
     leftovers = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path).encode() in p.read_bytes()]
     assert leftovers == []
+
+
+GPU_MACHINE_LACKS = ("mlflow", "submitit", "optuna", "torchjd")
+IMPORTS = f"""
+import sys
+for name in {GPU_MACHINE_LACKS!r}:
+    sys.modules[name] = None  # import fails, as on the GPU machine
+sys.path[:0] = ["benchmarks", "tests"]
+import campaign, gpu_window, test_gpu  # noqa: F401
+from common import compose_config
+from grace_lit.train import build
+for loss in ("gaba", "amnl", "gradnorm", "uncertainty", "fixed", "single_task"):
+    build(compose_config("loss=" + loss, "model=small", "trainer=cpu", "paths.output_dir=" + sys.argv[1]))
+print("imported")
+"""
+
+
+def test_the_gpu_path_needs_no_package_the_gpu_machine_lacks(tmp_path, data_cache):
+    """The window's scripts, the GPU tests and every built controller, with those packages unimportable: an
+    optional package must stay imported where it is used, never on this path."""
+    run = subprocess.run([sys.executable, "-c", IMPORTS, str(tmp_path)], cwd=REPO, env=cli_env(data_cache),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "imported" in run.stdout, run.stderr[-3000:]
