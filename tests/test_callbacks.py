@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from conftest import composed
 from grace_lit.callbacks.ema import EMAWeights
@@ -100,16 +100,17 @@ def stages(*names: str, overrides: list[str] = ()) -> list[L.Callback]:
 
 def fit(callbacks: list[L.Callback], epochs: int, controller=None, optimizer=None, batch_size: int = 16,
         grad_clip: float = 1e12, accumulate: int = 1, root: Path | None = None, ckpt_path: Path | None = None,
-        **trainer_args) -> Trace:
+        data=None, on_nonfinite: str = "raise", **trainer_args) -> Trace:
     trace = Trace()
     module = GraceModule(tiny_model(), controller or FixedWeights([0.5, 0.5]), WMSE(MAX_RUL),
-                         optimizer or partial(torch.optim.SGD, lr=1e-3), grad_clip=grad_clip, accumulate=accumulate)
+                         optimizer or partial(torch.optim.SGD, lr=1e-3), grad_clip=grad_clip, accumulate=accumulate,
+                         on_nonfinite=on_nonfinite)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, precision="64-true", logger=False,
                         callbacks=[*callbacks, trace], enable_progress_bar=False,
                         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,
                         **trainer_args)
-    data = tiny_batch()
+    data = tiny_batch() if data is None else data
     trainer.fit(module, DataLoader(data, batch_size=batch_size, collate_fn=batch_as_is),
                 DataLoader(data, batch_size=len(data), collate_fn=batch_as_is), ckpt_path=ckpt_path,
                 weights_only=False)
@@ -317,3 +318,21 @@ def test_evaluation_reports_the_scores_of_its_predictions(controller):
         assert str(frame["health_pred"].dtype) == "int64"
     else:
         assert frame["health_pred"].isna().all()
+
+
+def test_skipped_steps_leave_no_trace_in_the_ema_or_the_controller_log(tmp_path):
+    """on_nonfinite=skip with a NaN in unit 1 (batches 0 and 1 of 4 every epoch): the EMA shadow and
+    controller_log.csv equal those of training on unit 2's batches alone."""
+    poisoned = tiny_batch()
+    poisoned.series[6, 1] = float("nan")  # unit 1's row 6: windows 2..6 (window i covers rows i..i+4)
+    runs = {}
+    for name, data in (("skip", poisoned), ("clean", Subset(tiny_batch(), range(8, 16)))):
+        ema, log = stages("ema", "controller_log", overrides=["callbacks.ema.decay=0.5"])
+        trace = fit([ema, log], epochs=2, batch_size=4, data=data, on_nonfinite="skip", root=tmp_path / name,
+                    controller=GABA(beta=0.5, warmup_steps=0), limit_val_batches=0)
+        runs[name] = (trace.trainer.global_step, ema.shadow, pd.read_csv(tmp_path / name / "controller_log.csv"))
+    (steps, shadow, log), (clean_steps, clean_shadow, clean_log) = runs["skip"], runs["clean"]
+    assert steps == clean_steps == 4
+    for a, b in zip(shadow, clean_shadow):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(log, clean_log)
