@@ -119,6 +119,17 @@ def test_gramian_root(gramian):
     torch.testing.assert_close(M @ M.T, gramian.double(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_non_finite_gramian_gives_nan_weights_not_a_solver_crash(method):
+    """A NaN loss or gradient reaches the controller before the non-finite guard: the weights must come out NaN
+    (the guard then stops or skips the step), and the next finite Gramian gets ordinary weights."""
+    ours = controller(method)
+    weights, _ = ours(torch.ones(2), torch.full((2, 2), float("nan"), dtype=torch.float64))
+    assert weights.isnan().all()
+    J = task_gradients(0, conflict=True)
+    assert ours(torch.ones(2), J @ J.T)[0].isfinite().all()
+
+
 def test_a_missing_solver_is_one_clear_message(monkeypatch):
     """torchjd checks cvxpy at construction; the controller turns that into one message with the install line."""
     import torchjd._mixins

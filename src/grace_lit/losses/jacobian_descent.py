@@ -47,8 +47,13 @@ class JacobianDescent(Controller):
         self.last_weights = torch.full((n_tasks,), 1.0)
 
     def forward(self, losses: torch.Tensor, gramian: torch.Tensor) -> tuple[torch.Tensor, None]:
-        weights = self.weighting(gramian_root(gramian) if self.reads_jacobian else gramian).detach()
-        weights = weights.to(device=gramian.device, dtype=gramian.dtype).contiguous()
+        # a non-finite Gramian (a NaN loss or gradient) would crash the solvers: they get the identity instead and
+        # the weights come out NaN, so the non-finite guard stops or skips the step as any other (no host sync)
+        finite = torch.isfinite(gramian).all()
+        safe = torch.where(finite, gramian, torch.eye(len(gramian), dtype=gramian.dtype, device=gramian.device))
+        weights = self.weighting(gramian_root(safe) if self.reads_jacobian else safe).detach()
+        weights = weights.to(device=gramian.device, dtype=gramian.dtype)
+        weights = torch.where(finite, weights, torch.nan).contiguous()
         if world_size() > 1:  # RLW (and PCGrad's task order for K > 2) draw at random: all ranks take rank 0's
             dist.broadcast(weights, src=0)
         self.last_weights = weights
