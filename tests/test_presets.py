@@ -6,6 +6,7 @@ loggers (tests/test_loggers.py runs them). Also: the debug presets do what they 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -93,8 +94,18 @@ def test_fast_dev_run_preset_runs_one_batch_and_tests_the_live_weights(data_cach
     assert metrics["best_epoch"] is None and not (tmp_path / "checkpoints").exists()
 
 
-def test_limit_preset_keeps_every_file_of_a_run(data_cache, tmp_path):
-    metrics = tiny_run(["dataset=FD001", "model=small", "debug=limit"], tmp_path, data_cache)
+def test_limit_preset_keeps_every_file_of_a_run_and_lines_come_every_n_epochs(data_cache, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="grace_lit.progress"):
+        metrics = tiny_run(["dataset=FD001", "model=small", "debug=limit", "callbacks.progress.mode=lines",
+                            "callbacks.progress.every_n_epochs=2"], tmp_path, data_cache)
+    lines = [r.getMessage() for r in caplog.records if r.name == "grace_lit.progress"]
+    assert [line.split(" | ")[0] for line in lines] == ["epoch 2/3", "epoch 3/3"]  # every 2nd, and the last
+    assert "test/rmse_last=" in lines[-1] and "weight_health=" in lines[-1]
     assert metrics["epochs_run"] == 3
     assert len(pd.read_csv(tmp_path / "controller_log.csv")) == 3
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "predictions.csv").is_file()
+
+
+def test_the_live_bar_runs_where_a_terminal_would_show_it(data_cache, tmp_path):
+    metrics = tiny_run(["dataset=FD001", *TINY, "callbacks.progress.mode=bar"], tmp_path, data_cache)
+    assert metrics["status"] == "completed"
