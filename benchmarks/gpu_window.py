@@ -45,6 +45,7 @@ from grace_lit.train import build
 WORK = REPO / "multirun" / "gpu_window"
 PHASES = {"tests": 0.25, "epochs": 0.22, "concurrency": 0.18, "launch": 0.08}  # budget shares; campaign: the rest
 RESERVE_S = 15  # for the archive and summary
+CONCURRENT_EPOCHS = 2  # per run of the concurrency phase: epoch 0 dropped, one timed epoch
 GABA32 = "gaba-float32"
 SPECS = {GABA32: ["loss=gaba"],
          "gaba-bf16-fused": ["loss=gaba", "trainer.precision=bf16-mixed", "optimizer.fused=true"],
@@ -185,12 +186,15 @@ def alone(work: Path) -> float | None:
 
 
 def phase_concurrency(work: Path, deadline: float, mode: dict) -> dict[str, Any]:
-    rows, base = [], alone(work)
+    base = alone(work)
+    rows = [{"processes": 1, "errors": [], "median_epoch_s": base, "slowdown": 1.0, "runs_per_hour_vs_alone": 1.0}
+            ] if base else []  # the epochs phase's run: the campaign runs one at a time if sharing does not pay
     for n in mode["processes"]:
         files = [work / "measure" / f"concurrency_{n}_{i}.jsonl" for i in range(n)]
         for f in files:
             f.unlink(missing_ok=True)
-        cmds = [measure_cmd(f, mode, [spec(GABA32)], 2, extra=(f"seed={i}",)) for i, f in enumerate(files)]
+        cmds = [measure_cmd(f, mode, [spec(GABA32)], CONCURRENT_EPOCHS, extra=(f"seed={i}",))
+                for i, f in enumerate(files)]
         codes = campaign.run_until(cmds, deadline, work / "measure" / "concurrency.log", threads_env(n))
         if codes is None:
             return {"finished": False, "alone_epoch_s": base, "rows": rows}

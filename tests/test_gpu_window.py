@@ -30,8 +30,9 @@ def test_dry_run_runs_every_phase_and_packs_one_archive(tmp_path, data_cache):
     assert summary["tests"]["failures"] == summary["tests"]["errors"] == 0
     assert set(summary["epoch_s"]) == {"gaba-float32", "gaba-bf16-fused"}
     assert all(isinstance(t, float) and t > 0 for t in summary["epoch_s"].values())
-    (row,) = summary["concurrency"]
-    assert row["processes"] == 2 and row["slowdown"] > 0
+    alone, two = summary["concurrency"]
+    assert (alone["processes"], alone["median_epoch_s"]) == (1, summary["epoch_s"]["gaba-float32"])
+    assert two["processes"] == 2 and two["slowdown"] == two["median_epoch_s"] / alone["median_epoch_s"]
     assert summary["launch"]["b1024_over_b256"] > 0
     assert summary["campaign"]["counts"] == {"completed": 2}  # FD002 GRACE, seed 42, both protocols
     with tarfile.open(tmp_path / "out" / "gpu_window.tar.gz") as tar:
