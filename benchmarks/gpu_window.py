@@ -218,7 +218,7 @@ def phase_launch(work: Path, deadline: float, mode: dict) -> dict[str, Any]:
     jsonl = work / "measure" / "launch.jsonl"
     jsonl.unlink(missing_ok=True)
     n = mode["profile_steps"]
-    specs = [f"profile-b256:loss=gaba loss.controller.warmup_steps=0 trainer.limit_train_batches={3 + n}",
+    specs = [f"{GABA32}-b256:loss=gaba loss.controller.warmup_steps=0 trainer.limit_train_batches={3 + n}",
              f"{GABA32}-b1024:loss=gaba loss.controller.warmup_steps=0 data.batch_size=1024"]
     codes = campaign.run_until([measure_cmd(jsonl, mode, specs, mode["epochs"], profile_steps=n)], deadline,
                                work / "measure" / "launch.log")
@@ -228,7 +228,7 @@ def phase_launch(work: Path, deadline: float, mode: dict) -> dict[str, Any]:
             (work / "measure" / f"profile_{row['label']}.txt").write_text(row.pop("table"))
     by = {r["label"]: r for r in rows}
     b1024, base = by.get(f"{GABA32}-b1024", {}).get("median_epoch_s"), alone(work)
-    prof = by.get("profile-b256", {})
+    prof = by.get(f"{GABA32}-b256", {})
     verdict = {"epoch_s_b256": base, "epoch_s_b1024": b1024,
                "b1024_over_b256": b1024 / base if base and b1024 else None,  # near 1: bound by the work; near 0.25:
                "gpu_busy_fraction": prof["gpu_busy_s_per_step"] / prof["wall_s_per_step"]  # a fixed cost per step

@@ -38,7 +38,7 @@ def test_dry_run_runs_every_phase_and_packs_one_archive(tmp_path, data_cache):
     with tarfile.open(tmp_path / "out" / "gpu_window.tar.gz") as tar:
         names = tar.getnames()
     assert not [n for n in names if "checkpoints" in n or n.endswith(".ckpt")]
-    for name in ("tests/junit.xml", "measure/epochs.jsonl", "measure/profile_profile-b256.txt",
+    for name in ("tests/junit.xml", "measure/epochs.jsonl", "measure/profile_gaba-float32-b256.txt",
                  "runs/FD002_gaba_paper/s42/metrics.json", "runs/FD002_gaba_holdout/s42/predictions.csv"):
         assert f"gpu_window/{name}" in names
     assert (tmp_path / "work" / "runs" / "FD002_gaba_paper" / "s42" / "checkpoints" / "last.ckpt").is_file()
