@@ -79,7 +79,7 @@ def test_preset_composes_to_what_its_name_says(preset, tmp_path, data_cache, mon
     assert [int(s) for s in str(params.seed).split(",")] == SEEDS  # --multirun runs the spec's five seeds
     assert (cfg.protocol.name, cfg.model.backbone.hidden_size) == ("paper", 256)
     if preset.startswith("paper_"):
-        _, dataset, method = preset.split("_")
+        _, dataset, method = preset.split("_", 2)  # method names may hold "_" (nash_mtl)
         assert (cfg.dataset.name, cfg.loss.name, cfg.rul_loss.name) == (dataset, {"grace": "gaba"}.get(method, method),
                                                                          "wmse")
         awd = [0.5, 0.1] if method == "grace" else [1.0, 1.0]  # adaptive weight decay is GRACE's alone
