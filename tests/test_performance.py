@@ -133,6 +133,17 @@ def test_device_batches_follow_the_host_loaders_order():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_overfit_batches_serve_the_same_windows_every_epoch():
+    """debug=overfit (trainer.overfit_batches): the same first windows each epoch, in order, not a new shuffle."""
+    dm = RULDataModule(source=None, protocol="paper", holdout_fraction=0.0, batch_size=16, eval_batch_size=64,
+                       seed=0)
+    dm.splits = Splits(train=windows(), val=None, test=windows(n_units=2))
+    dm.trainer = SimpleNamespace(overfit_batches=2, world_size=1, global_rank=0)
+    first, second = ([b[0] for b in dm.train_dataloader()][:2] for _ in range(2))
+    torch.testing.assert_close(torch.cat(first), dm.splits.train.__getitems__(list(range(32)))[0], rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(first), torch.cat(second), rtol=0, atol=0)
+
+
 def test_setup_moves_the_windows_to_the_root_device_once():
     dm = RULDataModule(source=None, protocol="paper", holdout_fraction=0.0, batch_size=16, eval_batch_size=64,
                        seed=0)

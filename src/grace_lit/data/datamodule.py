@@ -81,8 +81,12 @@ class RULDataModule(L.LightningDataModule):
     def _train_sampler(self, data: WindowSet) -> Sampler[int]:
         """Under DDP each rank draws its own equal share of a seeded shuffle (Lightning sets its epoch); the
         evaluation sets are never split: every rank scores all of them (``use_distributed_sampler: false`` in
-        conf/trainer/default.yaml), so there is no padding duplicate and nothing to gather."""
+        conf/trainer/default.yaml), so there is no padding duplicate and nothing to gather. ``overfit_batches``
+        (debug=overfit) needs the same batches every epoch: Lightning cannot reach inside this batch sampler to
+        turn its shuffle off, so it is done here."""
         trainer = self.trainer
+        if trainer is not None and trainer.overfit_batches > 0:
+            return SequentialSampler(data)
         if trainer is None or trainer.world_size == 1:
             return RandomSampler(data)
         return DistributedSampler(data, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True,
