@@ -8,7 +8,6 @@ float32 are printed and recorded as junit properties (``--junitxml``).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,15 +151,9 @@ CLI = ["dataset=FD001", "model=small", "trainer.limit_train_batches=5", "trainer
 EPOCHS = 3
 
 
-def env(data_cache: Path) -> dict[str, str]:
-    """cli_env, keeping the caller's PYTHONPATH after src/: the GPU machine has hydra and omegaconf only there."""
-    base = cli_env(data_cache)
-    return {**base, "PYTHONPATH": os.pathsep.join(filter(None, [base["PYTHONPATH"], os.environ.get("PYTHONPATH")]))}
-
-
 def cli(run_dir: Path, data_cache: Path, device: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "grace_lit.train", *CLI, TRAINER[device],
-                             f"hydra.run.dir={run_dir}", *extra], cwd=REPO, env=env(data_cache),
+                             f"hydra.run.dir={run_dir}", *extra], cwd=REPO, env=cli_env(data_cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -215,7 +208,7 @@ print(json.dumps({k: float(v) for k, v in trainer.callback_metrics.items() if k.
 def test_a_checkpoint_scores_the_same_on_the_cpu(cli_runs, data_cache, tmp_path):
     """best.ckpt of run A, tested by a process that sees no GPU, reproduces A's test metrics."""
     out = subprocess.run([sys.executable, "-c", SCORE, str(REPO / "conf"), str(cli_runs["A"] / "checkpoints" /
-                          "best.ckpt"), str(tmp_path), *CLI, "trainer=cpu"], env={**env(data_cache),
+                          "best.ckpt"), str(tmp_path), *CLI, "trainer=cpu"], env={**cli_env(data_cache),
                          "CUDA_VISIBLE_DEVICES": ""}, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     scored = json.loads(out.stdout.strip().splitlines()[-1])
