@@ -95,3 +95,11 @@ def test_cli_after_brief_training_differs_from_fresh(tmp_path, data_cache):
     assert (tmp_path / "trained" / "controller_log.csv").read_text().count("\n") == 2  # header + 1 trained epoch
     assert not (tmp_path / "fresh" / "controller_log.csv").exists()
     assert "after 1 epochs of loss=gaba" in trained.stdout
+
+
+@pytest.mark.parametrize("preset", ["paper_FD002_grace", "paper_FD002_amnl", "paper_FD004_uncertainty"])
+def test_paper_presets_use_the_spec_parameterisation(preset):
+    """A plain RUL head (the ratio spec 002 reports); the default model keeps its head in units of max_rul."""
+    cfg = composed([f"experiment={preset}"])
+    assert cfg.model.rul_scale == 1 and cfg.model.backbone.hidden_size == 256
+    assert composed(["dataset=FD002"]).model.rul_scale == 125
