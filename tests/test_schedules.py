@@ -55,3 +55,16 @@ def test_ema_update_and_exact_swap():
     ema.swap_out(holder)
     for p, l in zip(holder.model.parameters(), live):
         assert torch.equal(p, l)  # bit for bit
+
+
+def test_restored_shadow_takes_the_parameters_dtype():
+    """A checkpoint's shadow (here float64) is cast to the live parameters' dtype when training starts, so the
+    per-step update mixes like with like."""
+    holder = _Holder()
+    ema = EMAWeights(decay=0.9)
+    saved = [p.detach().double() + 1 for p in holder.model.parameters()]
+    ema.load_state_dict({"decay": 0.9, "shadow": saved})
+    ema.on_fit_start(None, holder)
+    for s, p, want in zip(ema.shadow, holder.model.parameters(), saved):
+        assert s.dtype == p.dtype == torch.float32
+        torch.testing.assert_close(s, want.float())
