@@ -246,6 +246,44 @@ def test_controller_log_epoch_values_are_the_means_of_the_steps(tmp_path):
     assert last == pytest.approx(rows["weight_rul"].iloc[-1], rel=1e-6)
 
 
+
+def task_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Independently of the module: the two task losses of the whole tiny batch at the initial weights and each
+    task's gradient on the backbone, flattened."""
+    model, data = tiny_model(), tiny_batch()
+    x, rul, health, _, _ = data.__getitems__(list(range(len(data))))
+    rul_pred, logits = model(x.double())
+    losses = torch.stack([WMSE(MAX_RUL)(rul_pred, rul.double()), F.cross_entropy(logits, health)])
+    shared = list(model.backbone.parameters())
+    grads = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+             for loss in losses]
+    return losses.detach(), grads
+
+
+def test_logged_values_of_a_step_follow_the_control_laws():
+    """One step on the whole batch; what the controller log records, recomputed from the task gradients:
+    GABA (beta 0.5, no warmup): norms, raw weights (S - g_i) / S, EMA from 0.5, floored weights, and the gradient
+    cosine; Uncertainty (SGD lr 0.1 on its log-variances, from 0): s = -0.1 (-c L + 1/2), weights c exp(-s)."""
+    losses, (g_rul, g_health) = task_gradients()
+    trace = fit([], epochs=1, controller=GABA(beta=0.5, warmup_steps=0), limit_val_batches=0)
+    logged = {k: v.item() for k, v in trace.batches[0]["logged"].items()}
+    norms = [g_rul.norm().item(), g_health.norm().item()]
+    raw = [norms[1] / sum(norms), norms[0] / sum(norms)]
+    ema = [0.5 * 0.5 + 0.5 * r for r in raw]
+    floored = [max(e, 0.05) for e in ema]
+    expected = {"g_rul": norms[0], "g_health": norms[1], "raw_rul": raw[0], "raw_health": raw[1],
+                "ema_rul": ema[0], "ema_health": ema[1], "weight_rul": floored[0] / sum(floored),
+                "weight_health": floored[1] / sum(floored),
+                "cos_rul_health": (g_rul @ g_health).item() / (norms[0] * norms[1])}
+    assert logged == pytest.approx(expected, rel=1e-12)
+    trace = fit([], epochs=1, controller=Uncertainty(scales=[0.5, 1.0], lr=0.1), limit_val_batches=0)
+    c = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    s = -0.1 * (-c * losses + 0.5)
+    logged = {k: v.item() for k, v in trace.batches[0]["logged"].items()}
+    weights = c * torch.exp(-s)
+    assert logged == pytest.approx({"logvar_rul": s[0].item(), "logvar_health": s[1].item(),
+                                    "weight_rul": weights[0].item(), "weight_health": weights[1].item()}, rel=1e-12)
+
 # ------------------------------------------------------------------------------------- resume
 def test_stages_resume_from_last_checkpoint_as_if_never_stopped(tmp_path):
     """8 epochs in one run against 4 epochs, then a resume from last.ckpt to 8: the same learning rates (the
