@@ -100,11 +100,11 @@ def stages(*names: str, overrides: list[str] = ()) -> list[L.Callback]:
 
 def fit(callbacks: list[L.Callback], epochs: int, controller=None, optimizer=None, batch_size: int = 16,
         grad_clip: float = 1e12, accumulate: int = 1, root: Path | None = None, ckpt_path: Path | None = None,
-        data=None, on_nonfinite: str = "raise", **trainer_args) -> Trace:
+        data=None, on_nonfinite: str = "raise", grad_mode: str = "fused", **trainer_args) -> Trace:
     trace = Trace()
     module = GraceModule(tiny_model(), controller or FixedWeights([0.5, 0.5]), WMSE(MAX_RUL),
                          optimizer or partial(torch.optim.SGD, lr=1e-3), grad_clip=grad_clip, accumulate=accumulate,
-                         on_nonfinite=on_nonfinite)
+                         on_nonfinite=on_nonfinite, grad_mode=grad_mode)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, precision="64-true", logger=False,
                         callbacks=[*callbacks, trace], enable_progress_bar=False,
                         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
@@ -283,6 +283,32 @@ def test_logged_values_of_a_step_follow_the_control_laws():
     weights = c * torch.exp(-s)
     assert logged == pytest.approx({"logvar_rul": s[0].item(), "logvar_health": s[1].item(),
                                     "weight_rul": weights[0].item(), "weight_health": weights[1].item()}, rel=1e-12)
+
+
+def test_approx_mode_weighs_by_the_gradients_on_the_backbone_output():
+    """grad_mode=approx: GABA's norms and cosine are those of the task gradients w.r.t. the backbone output (the
+    whole batch's), and the SGD(lr=1) step is minus the weighted sum of the full task gradients."""
+    trace = fit([], epochs=1, controller=GABA(beta=0.0, warmup_steps=0), grad_mode="approx",
+                optimizer=partial(torch.optim.SGD, lr=1.0), limit_val_batches=0)
+    model, data = tiny_model(), tiny_batch()
+    x, rul, health, _, _ = data.__getitems__(list(range(len(data))))
+    features = model.backbone(x.double())
+    rul_pred, logits = model.heads(features)
+    losses = [WMSE(MAX_RUL)(rul_pred, rul.double()), F.cross_entropy(logits, health)]
+    on_output = [torch.autograd.grad(loss, features, retain_graph=True)[0].flatten() for loss in losses]
+    norms = [g.norm().item() for g in on_output]
+    floored = [max(norms[1] / sum(norms), 0.05), max(norms[0] / sum(norms), 0.05)]  # beta 0: the raw weights
+    weights = [f / sum(floored) for f in floored]
+    logged = {k: v.item() for k, v in trace.batches[0]["logged"].items()}
+    assert [logged["g_rul"], logged["g_health"], logged["weight_rul"]] == pytest.approx(norms + weights[:1], rel=1e-12)
+    cos = (on_output[0] @ on_output[1]).item() / (norms[0] * norms[1])
+    assert logged["cos_rul_health"] == pytest.approx(cos, rel=1e-12)
+    params = list(model.parameters())
+    grads = [[torch.zeros_like(p) if g is None else g
+              for g, p in zip(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True), params)]
+             for loss in losses]
+    for after, p, g0, g1 in zip(trace.batches[0]["params"], params, *grads):
+        torch.testing.assert_close(after, p.detach() - (weights[0] * g0 + weights[1] * g1), rtol=0, atol=1e-12)
 
 # ------------------------------------------------------------------------------------- resume
 def test_stages_resume_from_last_checkpoint_as_if_never_stopped(tmp_path):
