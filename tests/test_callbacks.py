@@ -26,6 +26,7 @@ from grace_lit.callbacks.ema import EMAWeights
 from grace_lit.data.windows import batch_as_is
 from grace_lit.losses.fixed import FixedWeights
 from grace_lit.losses.gaba import GABA
+from grace_lit.losses.gradnorm import GradNorm
 from grace_lit.losses.rul import WMSE
 from grace_lit.losses.single_task import SingleTask
 from grace_lit.losses.uncertainty import Uncertainty
@@ -309,6 +310,19 @@ def test_approx_mode_weighs_by_the_gradients_on_the_backbone_output():
              for loss in losses]
     for after, p, g0, g1 in zip(trace.batches[0]["params"], params, *grads):
         torch.testing.assert_close(after, p.detach() - (weights[0] * g0 + weights[1] * g1), rtol=0, atol=1e-12)
+
+
+def test_fused_gradnorm_on_all_shared_parameters_accumulates_like_the_reference():
+    """GradNorm with scope=shared takes the fused path; with accumulate=2 its own weights and the model must move as
+    under the three-pass reference (each batch adds half of its gradient)."""
+    runs = {mode: fit([], epochs=1, batch_size=8, accumulate=2, grad_mode=mode, limit_val_batches=0,
+                      controller=GradNorm(alpha=1.5, lr=0.1, min_weight=1e-3, scope="shared"),
+                      optimizer=partial(torch.optim.SGD, lr=1e-3)) for mode in ("fused", "reference")}
+    fused, reference = (runs[m].module for m in ("fused", "reference"))
+    assert not torch.equal(fused.controller.weights, torch.ones(2, dtype=torch.float64))  # the weights moved
+    torch.testing.assert_close(fused.controller.weights, reference.controller.weights, rtol=1e-12, atol=0)
+    for a, b in zip(fused.model.parameters(), reference.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 # ------------------------------------------------------------------------------------- resume
 def test_stages_resume_from_last_checkpoint_as_if_never_stopped(tmp_path):
