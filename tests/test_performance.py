@@ -149,7 +149,7 @@ def test_setup_moves_the_windows_to_the_root_device_once():
                        seed=0)
     dm.splits = Splits(train=windows(), val=None, test=windows(n_units=2))
     dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")),  # stands in for cuda
-                                 world_size=1, global_rank=0)
+                                 world_size=1, global_rank=0, overfit_batches=0)
     dm.setup("fit")
     assert all(t.device.type == "meta" for part in (dm.splits.train, dm.splits.test)
                for t in (part.series, part.starts, part.rul, part.health, part.unit, part.is_last))
