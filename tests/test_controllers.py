@@ -231,14 +231,22 @@ def test_grid_presets_compose(preset):
     assert list(cfg.callbacks.weight_decay.factors) == ([0.5, 0.1] if preset == "grid_grace" else [1.0, 1.0])
 
 
-def test_every_controller_through_the_cli(tmp_path, data_cache):
-    run = subprocess.run([sys.executable, "-m", "grace_lit.train", "--multirun", f"loss={','.join(LOSSES)}",
-                          "dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                          "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path}"],
+def sweep_losses(losses: list[str], batches: int, tmp_path, data_cache) -> dict:
+    """One ``--multirun`` over ``losses`` on FD001 with the small model, one epoch of ``batches`` training batches;
+    each loss's run directory."""
+    run = subprocess.run([sys.executable, "-m", "grace_lit.train", "--multirun", f"loss={','.join(losses)}",
+                          "dataset=FD001", "model=small", "trainer.max_epochs=1",
+                          f"trainer.limit_train_batches={batches}", "trainer.limit_val_batches=1",
+                          "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path}"],
                          cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     runs = {json.loads((d / "metrics.json").read_text())["loss"]: d for d in tmp_path.iterdir() if d.is_dir()}
-    assert sorted(runs) == sorted(LOSSES)
+    assert sorted(runs) == sorted(losses)
+    return runs
+
+
+def test_every_controller_through_the_cli(tmp_path, data_cache):
+    runs = sweep_losses(LOSSES, 3, tmp_path, data_cache)
     logged = {"gaba": "ema_rul", "amnl": "loss_ema_rul", "gradnorm": "g_rul", "uncertainty": "logvar_rul",
               "fixed": "weight_rul", "single_task": "weight_rul"}
     for loss, run_dir in runs.items():

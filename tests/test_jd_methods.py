@@ -5,8 +5,6 @@ in the module, and every method (and DWA) through the CLI."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from functools import cache, partial
 
 import pandas as pd
@@ -16,10 +14,10 @@ import torchjd.aggregation as tjd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from conftest import REPO, cli_env, composed
+from conftest import composed
 from grace_lit.errors import GraceError
 from grace_lit.losses.jacobian_descent import JacobianDescent, gramian_root
-from test_controllers import assert_model_moved_by, reference_gradients, train_one_step
+from test_controllers import assert_model_moved_by, reference_gradients, sweep_losses, train_one_step
 
 METHODS = ["upgrad", "pcgrad", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "mgda", "dualproj", "rlw"]
 # torchjd's Aggregators with the parameters the conf/loss yamls give (written out here, not read from them)
@@ -153,13 +151,7 @@ def test_step_in_the_module(method, grad_mode):
 
 def test_every_method_through_the_cli(tmp_path, data_cache):
     losses = [*METHODS, "dwa"]
-    run = subprocess.run([sys.executable, "-m", "grace_lit.train", "--multirun", f"loss={','.join(losses)}",
-                          "dataset=FD001", "model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                          "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path}"],
-                         cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    runs = {json.loads((d / "metrics.json").read_text())["loss"]: d for d in tmp_path.iterdir() if d.is_dir()}
-    assert sorted(runs) == sorted(losses)
+    runs = sweep_losses(losses, 2, tmp_path, data_cache)
     for loss, run_dir in runs.items():
         assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed", loss
         log = pd.read_csv(run_dir / "controller_log.csv")
