@@ -5,7 +5,9 @@ so it can be compared with lambda_1 grad L_1 + lambda_2 grad L_2 computed indepe
 """
 from __future__ import annotations
 
+import time
 from functools import partial
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -14,12 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from grace_lit.callbacks.plateau import PlateauLR
 from grace_lit.data.windows import UnitSeries, WindowSet, batch_as_is
 from grace_lit.losses.gaba import GABA
 from grace_lit.losses.rul import WMSE
+from grace_lit.losses.single_task import SingleTask
 from grace_lit.models.backbone import Backbone
 from grace_lit.models.dual_task import DualTaskModel
 from grace_lit.module import GraceModule
@@ -120,18 +124,71 @@ def test_accumulated_step_is_the_mean_of_the_batches_weighted_sums(grad_mode):
     assert max((a - b).abs().max() for a, b in zip(after, single)) > 1e-6  # two batches are not one batch
 
 
-@pytest.mark.parametrize("accumulate, epochs, steps", [(2, 2, 4), (3, 1, 2)])
-def test_epoch_end_closes_an_unfinished_accumulation_cycle(accumulate, epochs, steps):
-    """4 batches per epoch: accumulate=2 steps after batches (0, 1) and (2, 3); accumulate=3 after (0, 1, 2),
-    then after batch 3 alone, at the epoch's end."""
+@pytest.mark.parametrize("accumulate, epochs, batch_size, steps", [(2, 2, 5, 4), (3, 1, 5, 2), (3, 1, 6, 1)])
+def test_epoch_end_closes_an_unfinished_accumulation_cycle(accumulate, epochs, batch_size, steps):
+    """Batch size 5 gives 4 batches per epoch: accumulate=2 steps after batches (0, 1) and (2, 3); accumulate=3
+    after (0, 1, 2), then after batch 3 alone, at the epoch's end. Batch size 6 gives 3 batches: one step."""
     data = tiny_batch()
     module = GraceModule(tiny_model(), GABA(warmup_steps=0), WMSE(125.0), partial(torch.optim.SGD, lr=1e-3),
                          grad_clip=1.0, accumulate=accumulate)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, precision="64-true", logger=False, callbacks=[],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0)
-    trainer.fit(module, DataLoader(data, batch_size=5, collate_fn=batch_as_is))  # 16 windows: 5, 5, 5, 1
+    trainer.fit(module, DataLoader(data, batch_size=batch_size, collate_fn=batch_as_is))  # 16 windows
     assert trainer.global_step == steps
+
+
+def test_single_task_leaves_the_health_head_untouched():
+    """loss=single_task freezes the health head: AdamW's weight decay must not shrink it either."""
+    model, data = tiny_model(), tiny_batch()
+    head = [p.detach().clone() for p in model.health_head.parameters()]
+    module = GraceModule(model, SingleTask(), WMSE(125.0), partial(torch.optim.AdamW, lr=0.1, weight_decay=0.5),
+                         grad_clip=1.0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, precision="64-true", logger=False, callbacks=[],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, DataLoader(data, batch_size=8, collate_fn=batch_as_is))
+    assert not any(p.requires_grad for p in model.health_head.parameters())
+    for p, before in zip(model.health_head.parameters(), head):
+        assert torch.equal(p, before)
+
+
+def attached(fn: TrainerFn) -> GraceModule:
+    module = GraceModule(tiny_model(), GABA(), WMSE(125.0), partial(torch.optim.SGD, lr=0.1), grad_clip=1.0)
+    module.trainer = SimpleNamespace(state=SimpleNamespace(fn=fn))
+    return module
+
+
+def test_checkpoint_carries_skips_wall_time_and_the_rng_into_a_resume():
+    """What a checkpoint adds to the weights: the non-finite skip count, the wall time so far (a resumed run adds
+    its own), and the RNG states the next epoch draws from. ``trainer.test`` on a checkpoint restores neither the
+    clock nor the RNG."""
+    saving = attached(TrainerFn.FITTING)
+    checkpoint: dict = {}
+    torch.manual_seed(7)
+    saving.nonfinite.skips = 3
+    saving.on_save_checkpoint(checkpoint)
+    drawn = torch.rand(4)
+    assert checkpoint["nonfinite_skips"] == 3 and 0 <= checkpoint["wall_time_s"] < 0.5  # a fresh run's clock
+
+    saving.prior_wall_time_s, saving._clock_start = 100.0, time.time() - 5.0
+    saving.on_save_checkpoint(later := {})
+    assert later["wall_time_s"] == pytest.approx(105.0, abs=0.5)
+
+    tested = attached(TrainerFn.TESTING)
+    tested.on_load_checkpoint(checkpoint)
+    assert tested.nonfinite.skips == 3 and tested.prior_wall_time_s == 0.0
+    assert not torch.equal(torch.rand(4), drawn)  # the RNG was left alone
+
+    resumed = attached(TrainerFn.FITTING)
+    resumed.on_load_checkpoint({**checkpoint, "wall_time_s": 42.0})
+    assert resumed.nonfinite.skips == 3 and resumed.prior_wall_time_s == 42.0
+    assert torch.equal(torch.rand(4), drawn)  # the draws continue where the saved run's did
+
+    older = attached(TrainerFn.FITTING)
+    older.nonfinite.skips = 9
+    older.on_load_checkpoint({})  # a checkpoint from before these extras
+    assert older.nonfinite.skips == 0 and older.prior_wall_time_s == 0.0
 
 
 class ScriptedMetric(L.Callback):
