@@ -69,10 +69,18 @@ def run_diagnose(args: list[str], data_cache) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_prints_and_writes_the_verdict(tmp_path, data_cache, thresholds):
-    done = run_diagnose(["diagnose.n_batches=4", "diagnose.seeds=[1,2]", f"hydra.run.dir={tmp_path}"], data_cache)
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory, data_cache) -> tuple[subprocess.CompletedProcess, dict]:
+    """The diagnosis of an untrained model, seeds 1 and 2."""
+    out = tmp_path_factory.mktemp("fresh")
+    done = run_diagnose(["diagnose.n_batches=4", "diagnose.seeds=[1,2]", f"hydra.run.dir={out}"], data_cache)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "diagnose.json").read_text())
+    assert not (out / "controller_log.csv").exists()  # nothing trained
+    return done, json.loads((out / "diagnose.json").read_text())
+
+
+def test_cli_prints_and_writes_the_verdict(fresh, thresholds):
+    done, result = fresh
     assert [s["seed"] for s in result["per_seed"]] == [1, 2] and all(s["n_batches"] == 4 for s in result["per_seed"])
     assert result["mean_ratio"] == pytest.approx(np.mean([s["ratio"] for s in result["per_seed"]]))
     assert result["mean_cosine"] == pytest.approx(np.mean([s["cosine"] for s in result["per_seed"]]))
@@ -82,18 +90,15 @@ def test_cli_prints_and_writes_the_verdict(tmp_path, data_cache, thresholds):
     assert result["train_epochs"] == 0 and result["dataset"] == "FD001"
 
 
-def test_cli_after_brief_training_differs_from_fresh(tmp_path, data_cache):
-    common = ["diagnose.n_batches=2", "diagnose.seeds=[1]"]
-    fresh = run_diagnose([*common, f"hydra.run.dir={tmp_path / 'fresh'}"], data_cache)
-    trained = run_diagnose([*common, "diagnose.train_epochs=1", "trainer.limit_train_batches=3",
-                            f"hydra.run.dir={tmp_path / 'trained'}"], data_cache)
-    assert fresh.returncode == 0 and trained.returncode == 0, (fresh.stderr + trained.stderr)[-3000:]
-    before = json.loads((tmp_path / "fresh" / "diagnose.json").read_text())["per_seed"][0]
-    after = json.loads((tmp_path / "trained" / "diagnose.json").read_text())
-    assert after["train_epochs"] == 1 and after["train_loss"] == "gaba"
+def test_cli_after_brief_training_differs_from_fresh(fresh, tmp_path, data_cache):
+    trained = run_diagnose(["diagnose.n_batches=4", "diagnose.seeds=[1]", "diagnose.train_epochs=1",
+                            "trainer.limit_train_batches=3", f"hydra.run.dir={tmp_path}"], data_cache)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    before = fresh[1]["per_seed"][0]
+    after = json.loads((tmp_path / "diagnose.json").read_text())
+    assert after["train_epochs"] == 1 and after["train_loss"] == "gaba" and before["seed"] == 1
     assert after["per_seed"][0]["g_rul"] != pytest.approx(before["g_rul"])
-    assert (tmp_path / "trained" / "controller_log.csv").read_text().count("\n") == 2  # header + 1 trained epoch
-    assert not (tmp_path / "fresh" / "controller_log.csv").exists()
+    assert (tmp_path / "controller_log.csv").read_text().count("\n") == 2  # header + 1 trained epoch
     assert "after 1 epochs of loss=gaba" in trained.stdout
 
 

@@ -3,6 +3,7 @@ path as on a GPU, one archive without checkpoints plus summary.json, and a secon
 that redoes nothing finished."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from pathlib import Path
 
 from conftest import REPO, cli_env
 from test_orphan_guard import running_with
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import gpu_window  # noqa: E402
 
 
 def window(tmp_path: Path, data_cache: Path) -> dict:
@@ -43,7 +47,9 @@ def test_dry_run_runs_every_phase_and_packs_one_archive(tmp_path, data_cache):
         assert f"gpu_window/{name}" in names
     assert (tmp_path / "work" / "runs" / "FD002_gaba_paper" / "s42" / "checkpoints" / "last.ckpt").is_file()
 
-    again = window(tmp_path, data_cache)  # the same machine, a later command: nothing finished is redone
+    # the same machine, a later command (the script's own function, in this process): nothing finished is redone
+    again = gpu_window.window(argparse.Namespace(budget=240.0, out=tmp_path / "out", work=tmp_path / "work",
+                                                 results=tmp_path / "results", jobs=None, dry_run=True))
     assert list(again["phase_s"]) == ["campaign"]
     assert again["campaign"]["counts"] == {"completed": 2} and again["epoch_s"] == summary["epoch_s"]
     assert running_with(str(tmp_path)) == []  # nothing the commands started with the work folder in its arguments

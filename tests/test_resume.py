@@ -1,7 +1,8 @@
 """Resume after SIGKILL and same-seed reruns give exactly the same numbers on CPU (real CLI, subprocesses).
 
-Three runs of one command start together: A and C run through, B is killed with SIGKILL during its second
-epoch and resumed from ``checkpoints/last.ckpt``. The settings make every piece of state matter within four
+Two runs of one command start together: A runs through, B is killed with SIGKILL during its second epoch and
+resumed from ``checkpoints/last.ckpt``; B ending equal to A shows both the resume and that one command and seed
+give the same numbers. The settings make every piece of state matter within four
 short epochs: GABA past its warmup (EMA weights), LR warmup done after one epoch so the plateau scheduler steps
 (patience 0), a fast EMA shadow (decay 0.5, used for every evaluation), dropout and a shuffled loader.
 """
@@ -45,8 +46,8 @@ def finish(proc: subprocess.Popen, run_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> dict:
     base = tmp_path_factory.mktemp("resume")
-    a, b, c = (base / name for name in "ABC")
-    procs = {name: start(path, data_cache) for name, path in (("A", a), ("B", b), ("C", c))}
+    a, b = base / "A", base / "B"
+    procs = {"A": start(a, data_cache), "B": start(b, data_cache)}
     last = b / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and procs["B"].poll() is None and time.time() < deadline:
@@ -58,10 +59,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> dict:
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] <= EPOCHS - 2  # at least one whole epoch is redone after the resume
     resumed = start(b, data_cache, "resume=true")
-    for name, path in (("A", a), ("C", c)):
-        finish(procs[name], path)
+    finish(procs["A"], a)
     finish(resumed, b)
-    return {"A": a, "B": b, "C": c, "killed_checkpoint": checkpoint}
+    return {"A": a, "B": b, "killed_checkpoint": checkpoint}
 
 
 def metrics(run_dir: Path) -> dict:
@@ -90,12 +90,6 @@ def test_resumed_run_restores_controller_log_metrics_csv_and_predictions(runs):
 def test_wall_time_adds_up_across_the_resume(runs):
     before = runs["killed_checkpoint"]["wall_time_s"]
     assert 0 < before < metrics(runs["B"])["wall_time_s"]
-
-
-def test_same_command_and_seed_is_bit_identical(runs):
-    assert numbers(runs["A"]) == numbers(runs["C"])
-    for name in ("controller_log.csv", "predictions.csv", "metrics.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(runs["A"] / name), pd.read_csv(runs["C"] / name), check_exact=True)
 
 
 class Worsening(L.LightningModule):

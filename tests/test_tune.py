@@ -77,12 +77,10 @@ def test_killed_study_resumes_and_scores_the_best_trial_once(tmp_path: Path, dat
     assert len(tested) == 1 and tested["test/rmse_last"].iloc[0] == pytest.approx(result["test/rmse_last"])
 
 
-def test_paper_protocol_is_refused(tmp_path: Path, data_cache: Path) -> None:
-    done = subprocess.run(tune_command(tmp_path / "study", "protocol=paper"), cwd=REPO, env=cli_env(data_cache),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
-    assert "protocol=paper selects on the test set" in done.stdout + done.stderr
-    assert not (tmp_path / "study" / "study.db").exists()
+def test_paper_protocol_is_refused() -> None:
+    """Checked before the study's storage is opened (``tune.tune``), so a refused study leaves no file."""
+    with pytest.raises(GraceError, match="protocol=paper selects on the test set"):
+        check(composed(["protocol=paper"], config_name="tune"))
 
 
 def test_search_space_names_config_keys() -> None:
