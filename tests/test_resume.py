@@ -24,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import REPO, cli_env, composed
+from grace_lit.train import build
 
 EPOCHS = 4
 ARGS = ["dataset=FD001", "model=small", f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=20",
@@ -122,3 +123,14 @@ def test_last_checkpoint_every_epoch_best_only_on_improvement(tmp_path):
     assert load(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 2  # 0-based: the third epoch
     assert load(tmp_path / "checkpoints" / "best.ckpt")["epoch"] == 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_float64_run_is_float64_before_its_checkpoint_loads(tmp_path, data_cache, monkeypatch):
+    """Lightning restores a resumed checkpoint before it converts the module to the run's precision: a module
+    built in float32 would round a 64-true run's weights and controller state (GABA's EMA) through float32."""
+    monkeypatch.setenv("GRACE_LIT_DATA_DIR", str(data_cache))
+    cfg = composed(["dataset=FD001", "model=small", "trainer=cpu", "trainer.precision=64-true",
+                    f"paths.output_dir={tmp_path}"], hydra=True)
+    _, module, _ = build(cfg)
+    floats = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    assert {t.dtype for t in floats} == {torch.float64} and any(t is module.controller.ema_weights for t in floats)

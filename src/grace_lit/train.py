@@ -27,16 +27,19 @@ log = logging.getLogger("grace_lit")
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Trainer]:
     """Instantiate data, model, controller, callbacks, loggers and trainer from a composed config."""
     data = instantiate(cfg.data, source=instantiate(cfg.dataset))
-    model = instantiate(cfg.model)
-    if cfg.compile:
-        model.backbone.compile()  # in place: parameter names and the module's calls stay as they are
-    module = GraceModule(model=model, controller=instantiate(cfg.loss.controller),
-                         rul_loss=instantiate(cfg.rul_loss.fn), optimizer=instantiate(cfg.optimizer),
-                         grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode, on_nonfinite=cfg.on_nonfinite,
-                         eval_prefix=cfg.protocol.eval_prefix, accumulate=cfg.accumulate)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null drops a stage (presets)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    # in the precision's dtype from the start: Lightning loads a resumed checkpoint before it converts the module,
+    # so a float32-built module would round a 64-true checkpoint's weights and controller state through float32
+    with trainer.init_module():
+        model = instantiate(cfg.model)
+        module = GraceModule(model=model, controller=instantiate(cfg.loss.controller),
+                             rul_loss=instantiate(cfg.rul_loss.fn), optimizer=instantiate(cfg.optimizer),
+                             grad_clip=cfg.grad_clip, grad_mode=cfg.grad_mode, on_nonfinite=cfg.on_nonfinite,
+                             eval_prefix=cfg.protocol.eval_prefix, accumulate=cfg.accumulate)
+    if cfg.compile:
+        model.backbone.compile()  # in place: parameter names and the module's calls stay as they are
     return data, module, trainer
 
 
