@@ -55,7 +55,7 @@ def test_table_run_trains_exactly_as_the_cmapss_run(runs):
         assert a[key] == b[key], key
     pa, pb = (pd.read_csv(runs[k] / "predictions.csv") for k in ("cmapss", "table"))
     assert pa["rul_pred"].tolist() == pb["rul_pred"].tolist()
-    assert (pa["unit"] - 1).tolist() == pb["unit"].tolist()  # E001.. are codes 0.. in the table run
+    assert pb["unit"].tolist() == [f"E{u:03d}" for u in pa["unit"]]  # the table's own ids, not codes
 
 
 @pytest.mark.parametrize("run, data", [("cmapss", "nasa"), ("table", "csv")])
@@ -68,7 +68,7 @@ def test_predict_reproduces_the_runs_test_predictions(runs, cmapss_dir, data_cac
     probs = mine[[c for c in mine.columns if c.startswith("p_health_")]].to_numpy()
     assert probs.shape[1] == 3 and np.allclose(probs.sum(axis=1), 1, atol=1e-6)
     expected_units = list(range(1, 101)) if run == "cmapss" else [f"E{i:03d}" for i in range(1, 101)]
-    assert mine["unit"].tolist() == expected_units
+    assert mine["unit"].tolist() == expected_units == theirs["unit"].tolist()
     lengths = read_nasa(cmapss_dir / "test_FD001.txt")
     last_cycle = pd.Series(lengths[:, 1]).groupby(lengths[:, 0]).max().to_numpy()
     time = "cycle" if run == "cmapss" else "t"

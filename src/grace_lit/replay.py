@@ -16,6 +16,7 @@ from torch import nn
 
 import grace_lit.config  # noqa: F401  (registers the resolvers the saved config uses)
 from grace_lit.errors import GraceError
+from grace_lit.results import named_units
 
 MODEL_PREFIX = "model."  # GraceModule keeps the network under .model
 
@@ -72,4 +73,4 @@ def window_predictions(run_dir: Path, n_units: int) -> pd.DataFrame:
     frame = pd.concat(parts, ignore_index=True)
     stride = cfg.dataset.eval_stride
     frame["cycle"] = -stride * frame.groupby("unit").cumcount(ascending=False)
-    return frame
+    return named_units(frame, data.splits.unit_names)  # as predictions.csv names them

@@ -66,10 +66,16 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, 
     return summary
 
 
-def write_results(out_dir: Path, summary: dict[str, Any], predictions: pd.DataFrame | None) -> None:
+def write_results(out_dir: Path, summary: dict[str, Any], predictions: pd.DataFrame | None,
+                  unit_names: dict[int, str]) -> None:
+    """``unit_names``: the units as the user's table names them (``Splits.unit_names``), as predict prints them."""
     if predictions is not None:
-        atomic_write_csv(out_dir / "predictions.csv", predictions)
+        atomic_write_csv(out_dir / "predictions.csv", named_units(predictions, unit_names))
     atomic_write_json(out_dir / "metrics.json", summary)
+
+
+def named_units(frame: pd.DataFrame, unit_names: dict[int, str]) -> pd.DataFrame:
+    return frame.assign(unit=frame["unit"].map(lambda u: unit_names.get(u, u))) if unit_names else frame
 
 
 def write_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:

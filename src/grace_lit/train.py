@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=wall_time_s)
     if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
         return summary
-    write_results(out_dir, summary, module.test_predictions)
+    write_results(out_dir, summary, module.test_predictions, data.splits.unit_names)
     atomic_write_text(out_dir / "preprocessing.json", data.splits.preprocessing.to_json())  # for grace_lit.predict
     log.info("%s", closing(cfg, summary, out_dir))
     return summary

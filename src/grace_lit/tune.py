@@ -141,7 +141,7 @@ def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
                "study": study.study_name, "trial": best.number, "params": best.params, "checkpoint": str(ckpt),
                "selection_metric": cfg.monitor, "selection_score": best.value,
                **{key: float(metrics[key]) if key in metrics else None for key in TEST_KEYS}}
-    write_results(study_dir, summary, module.test_predictions)
+    write_results(study_dir, summary, module.test_predictions, data.splits.unit_names)
     log.info("[%s | protocol=%s] best trial %d: test rmse_last=%.3f rmse_all=%.3f nasa=%.1f -> %s",
              cfg.dataset.name, cfg.protocol.name, best.number, summary["test/rmse_last"], summary["test/rmse_all"],
              summary["test/nasa"], shown_path(result))

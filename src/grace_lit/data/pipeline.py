@@ -48,6 +48,7 @@ class Splits:
     val: WindowSet | None
     test: WindowSet
     preprocessing: Preprocessing | None = None
+    unit_names: dict[int, str] = field(default_factory=dict)  # test unit id -> the table's own id (a string)
 
 
 def cut_test_units(runs: Runs, fraction: float, seed: int, window: int) -> tuple[Runs, Runs, dict[int, float]]:
@@ -123,7 +124,7 @@ class RunToFailure:
             val = WindowSet(series(held, prep, test=True, cuts=cuts), stride=prep.eval_stride, **windows)
         test = WindowSet(series(self.test, prep, test=True, after_last=self.test_rul), stride=prep.eval_stride,
                          **windows)
-        return Splits(train, val, test, prep)
+        return Splits(train, val, test, prep, self.test.names)
 
 
 def series(runs: Runs, prep: Preprocessing, test: bool, after_last: dict[int, float] | None = None,
