@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from grace_lit.config import validate
+from grace_lit.console import quiet
 from grace_lit.errors import GraceError
 from grace_lit.io import atomic_write_json
 from grace_lit.train import build
@@ -146,6 +147,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="diagnose")
 def main(cfg: DictConfig) -> None:
+    quiet()
     try:
         validate(cfg)
         result = diagnose(cfg)
