@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 
 from grace_lit.callbacks.plateau import PlateauLR
 from grace_lit.data.windows import UnitSeries, WindowSet, batch_as_is
+from grace_lit.errors import GraceError
+from grace_lit.gradients import GradientStep
 from grace_lit.losses.gaba import GABA
 from grace_lit.losses.rul import WMSE
 from grace_lit.losses.single_task import SingleTask
@@ -109,6 +111,28 @@ def test_fused_matches_three_pass_reference():
     torch.testing.assert_close(g_fused.last_weights, g_ref.last_weights, rtol=1e-12, atol=0)
     for a, b in zip(fused.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, **EXACT)
+
+
+def test_fused_mode_never_takes_the_combined_backward_pass():
+    """fused gets the combined gradient from the per-task ones (its speed in BENCHMARKS.md rests on that);
+    reference differentiates the weighted sum once more."""
+    model, data = tiny_model(), tiny_batch()
+    x, rul, health, _, _ = data.__getitems__(list(range(len(data))))
+    for mode, passes in (("fused", 0), ("reference", 1)):
+        features = model.backbone(x.double())
+        rul_pred, logits = model.heads(features)
+        losses = torch.stack([WMSE(125.0)(rul_pred, rul.double()), F.cross_entropy(logits, health)])
+        calls = []
+        GradientStep(model, GABA(warmup_steps=0), mode, accumulate=1)(
+            losses, losses.detach(), features, lambda loss: (calls.append(loss), loss.backward()))
+        assert len(calls) == passes, mode
+
+
+def test_an_unknown_gradient_mode_names_the_fix():
+    with pytest.raises(GraceError) as err:
+        GradientStep(tiny_model(), GABA(), "fuse", accumulate=1)
+    assert str(err.value) == ("grad_mode=fuse is unknown. Fix: grad_mode=fused | reference | approx (fused is the "
+                              "default).")
 
 
 @pytest.mark.parametrize("grad_mode", ["fused", "reference"])

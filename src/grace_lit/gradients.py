@@ -71,7 +71,8 @@ class GradientStep:
 
     def __init__(self, model: DualTaskModel, controller: Controller, mode: str, accumulate: int):
         if mode not in GRAD_MODES:
-            raise GraceError(f"grad_mode={mode!r} is not one of {GRAD_MODES}.")
+            raise GraceError(f"grad_mode={mode} is unknown. Fix: grad_mode={' | '.join(GRAD_MODES)} (fused is the "
+                             f"default).")
         self.model, self.controller, self.mode, self.accumulate = model, controller, mode, accumulate
         self.last_gramian: torch.Tensor | None = None  # of the last call, if it measured one
 
