@@ -1,0 +1,56 @@
+"""Preprocessing's edges, by hand: the condition key at the configured decimals, the row a refused condition is
+named by, the windows' float32, and the bounds of the unit splits (what a user reads when a split is impossible)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from grace_lit.data.preprocess import Preprocessing, fold_units, split_units
+from grace_lit.errors import GraceError
+
+
+def rounded(decimals: int) -> Preprocessing:
+    return Preprocessing(unit="unit", time="cycle", features=["s"], conditions=["mach"], condition_mode="round",
+                         decimals=[decimals], window=3, eval_stride=1, pad_mode="edge", max_rul=125.0,
+                         cap_test_rul=True, health_thresholds=[30.0, 70.0])
+
+
+SETTINGS = np.array([[0.21], [0.24], [0.21], [0.24]])  # two conditions at 2 decimals, one at 1
+FEATURES = np.array([[1.0], [10.0], [3.0], [20.0]])
+
+
+def test_the_condition_key_is_the_setting_at_the_configured_decimals():
+    two = rounded(2).fit(FEATURES, SETTINGS)
+    assert two.keys == [[0.21], [0.24]] and two.mean == [[2.0], [15.0]] and two.std == [[1.0], [5.0]]
+    one = rounded(1).fit(FEATURES, SETTINGS)
+    assert one.keys == [[0.2]] and one.mean == [[8.5]]
+
+
+def test_standardised_features_are_float32_per_condition():
+    prep = rounded(2).fit(FEATURES, SETTINGS)
+    out = prep.transform(np.array([[4.0], [25.0]]), np.array([[0.21], [0.24]]))
+    assert out.dtype == np.float32 and out[:, 0].tolist() == [2.0, 2.0]  # (4 - 2) / 1, (25 - 15) / 5
+
+
+@pytest.mark.parametrize("path, rows, where", [("", None, "row 3"), ("test.csv", np.array([7, 8, 12]),
+                                                                    "test.csv, row 12")])
+def test_an_unseen_condition_is_refused_naming_its_row(path, rows, where):
+    prep = rounded(2).fit(FEATURES, SETTINGS)
+    with pytest.raises(GraceError) as err:
+        prep.transform(np.ones((3, 1)), np.array([[0.21], [0.24], [0.31]]), path, rows)
+    assert str(err.value) == (f"{where}: operating condition [0.31] (columns ['mach']) does not occur in the "
+                              f"training units. Fix: check dataset.condition_decimals (now [2]), or train on units "
+                              f"that cover this condition.")
+
+
+def test_split_bounds():
+    units = np.arange(1, 11)
+    assert split_units(units, 0.0, seed=0)[1].size == 0  # protocol=paper: nothing held out
+    fit, held = split_units(units, 0.1, seed=0)
+    assert held.size == 1 and sorted([*fit, *held]) == units.tolist()
+    with pytest.raises(GraceError) as err:
+        split_units(units, 0.96, seed=0)  # rounds to all 10 units
+    assert str(err.value) == ("protocol.holdout_fraction=0.96 leaves 10 of 10 units held out. Fix: choose a "
+                              "fraction in (0, 1) that holds out at least one unit.")
+    held = [fold_units(np.arange(4), 4, k, seed=0)[1].tolist() for k in range(4)]  # leave one out: folds = units
+    assert sorted(sum(held, [])) == [0, 1, 2, 3] and all(len(h) == 1 for h in held)
