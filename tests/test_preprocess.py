@@ -54,3 +54,43 @@ def test_split_bounds():
                               "fraction in (0, 1) that holds out at least one unit.")
     held = [fold_units(np.arange(4), 4, k, seed=0)[1].tolist() for k in range(4)]  # leave one out: folds = units
     assert sorted(sum(held, [])) == [0, 1, 2, 3] and all(len(h) == 1 for h in held)
+
+
+def test_a_feature_constant_within_a_condition_scales_by_one():
+    prep = rounded(2).fit(np.array([[5.0], [1.0], [5.0], [3.0]]), SETTINGS)  # constant at 0.21
+    assert prep.std == [[1.0], [1.0]] and prep.transform(np.array([[6.0]]), np.array([[0.21]])).tolist() == [[1.0]]
+    assert prep.rul(np.array([200.0, 50.0]), test=False).dtype == np.float32
+
+
+def test_inconsistent_condition_settings_are_refused():
+    with pytest.raises(GraceError) as err:
+        Preprocessing(**{**vars(rounded(2)), "decimals": [2, 0]})
+    assert str(err.value) == ("dataset.condition_decimals=[2, 0] needs one entry per condition column ['mach']. Fix: "
+                              "give as many decimals as conditions.")
+    with pytest.raises(GraceError, match=r"^dataset.condition_mode='median' is not one of \('round', 'kmeans'\)"):
+        Preprocessing(**{**vars(rounded(2)), "condition_mode": "median"})
+
+
+def test_kmeans_on_two_settings_of_different_scales():
+    """Each setting divided by its training std (a constant one by 1), centres sorted by the first setting, each
+    cluster's radius its largest member distance; beyond ``tolerance`` times that radius a row is refused."""
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(0)
+    centres = np.array([[30000.0, 0.2, 100.0], [0.0, 0.8, 100.0], [10000.0, 0.5, 100.0]])  # altitude and Mach,
+    settings = np.repeat(centres, 20, axis=0) + rng.normal(size=(60, 3)) * [50.0, 0.002, 0.0]  # scales 1e4 apart
+    prep = Preprocessing(**{**vars(rounded(2)), "conditions": ["altitude", "mach", "tra"], "condition_mode": "kmeans",
+                            "decimals": [], "clusters": 3, "seed": 0, "tolerance": 1.5})
+    prep.fit(rng.normal(size=(60, 1)), settings)
+    scale = np.r_[settings[:, :2].std(axis=0), 1.0]
+    np.testing.assert_allclose(prep.setting_scale, scale, rtol=1e-12)
+    keys = np.asarray(prep.keys) * scale
+    member = np.repeat(np.argsort(centres[:, 0]).argsort(), 20)  # every row's cluster, in sorted-centre order
+    assert prep.groups(settings).tolist() == member.tolist()
+    np.testing.assert_allclose(keys, [settings[member == g].mean(axis=0) for g in range(3)], rtol=1e-9)
+    radius = [np.sqrt((((settings[member == g] - keys[g]) / scale) ** 2).sum(axis=1)).max() for g in range(3)]
+    np.testing.assert_allclose(prep.radius, radius, rtol=1e-9)
+    inside = keys[0] + [1.4 * radius[0] * scale[0], 0.0, 0.0]
+    outside = keys[0] + [1.6 * radius[0] * scale[0], 0.0, 0.0]
+    assert prep.groups(inside[None]).tolist() == [0]
+    with pytest.raises(GraceError, match="condition_tolerance=1.5"):
+        prep.groups(outside[None])
