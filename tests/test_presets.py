@@ -2,7 +2,10 @@
 (model=small, one batch of each split, one epoch) through ``train.run``, in this process (a subprocess per
 case would spend most of its time importing). Options that need a file get a generated one; the GPU and DDP
 trainers compose and validate only (tests/test_ddp.py runs DDP on CPU), and so do the MLflow and TensorBoard
-loggers (tests/test_loggers.py runs them). Also: the debug presets do what they say."""
+loggers (tests/test_loggers.py runs them). The paper presets but FD002 GRACE differ from it only in dataset and
+controller, each trained by its own ``dataset=`` or ``loss=`` case: they compose, validate and build every
+object (data, model, controller, callbacks, trainer) without training. Also: the debug presets do what they
+say."""
 from __future__ import annotations
 
 import json
@@ -12,12 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
 from conftest import REPO, composed
 from grace_lit.config import validate
 from grace_lit.data.synthetic_ncmapss import generate as generate_ds02
 from grace_lit.data.synthetic_table import generate as generate_table
-from grace_lit.train import run
+from grace_lit.train import build, run
 
 CONF = REPO / "conf"
 TINY = ["model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
@@ -48,6 +52,7 @@ def group_options() -> list[str]:
 
 
 CASES = ["defaults", *group_options()]
+BUILD_ONLY = {c for c in CASES if c.startswith("experiment=paper_") and c != "experiment=paper_FD002_grace"}
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +62,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "pumps": str(generate_table(out / "pumps", units=8, test_units=3, seed=0))}
 
 
-def tiny_run(overrides: list[str], out: Path, data_cache: Path) -> dict:
-    """``python -m grace_lit.train <overrides>`` in this process: the composed config with Hydra's node set."""
+def as_cli(overrides: list[str], out: Path, data_cache: Path) -> DictConfig:
+    """The config ``python -m grace_lit.train <overrides>`` runs, with Hydra's node set as in that process."""
     cfg = composed([*overrides, f"paths.output_dir={out}", f"paths.data_dir={data_cache}"], hydra=True)
     HydraConfig.instance().set_config(cfg)
-    run(cfg)
+    return cfg
+
+
+def tiny_run(overrides: list[str], out: Path, data_cache: Path) -> dict:
+    """``python -m grace_lit.train <overrides>`` in this process."""
+    run(as_cli(overrides, out, data_cache))
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -74,6 +84,13 @@ def test_group_option_trains_one_step(case, files, data_cache, tmp_path):
             overrides.insert(0, "dataset=FD001")  # the smallest subset; the defaults case runs FD002
     if case in COMPOSE_ONLY:
         validate(composed([*overrides, *TINY]))
+        return
+    if case in BUILD_ONLY:
+        cfg = as_cli([*overrides, *TINY], tmp_path, data_cache)
+        validate(cfg)
+        data, module, trainer = build(cfg)
+        data.setup("fit")
+        assert len(data.splits.train) > 0 and trainer.max_epochs == 1
         return
     metrics = tiny_run([*overrides, *TINY], tmp_path, data_cache)
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 1
