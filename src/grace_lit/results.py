@@ -75,6 +75,7 @@ def write_results(out_dir: Path, summary: dict[str, Any], predictions: pd.DataFr
 
 
 def named_units(frame: pd.DataFrame, unit_names: dict[int, str]) -> pd.DataFrame:
+    """``frame``'s unit codes back to the ids a user's table gave (windows carry integer codes only)."""
     return frame.assign(unit=frame["unit"].map(lambda u: unit_names.get(u, u))) if unit_names else frame
 
 
