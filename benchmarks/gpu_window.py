@@ -55,7 +55,7 @@ GPU = {"base": ["trainer=gpu"], "epochs": 3, "specs": list(SPECS), "processes": 
        "jobs": 4, "extra": []}
 DRY = {"base": ["trainer=gpu", "trainer.accelerator=cpu", "model=small", "trainer.limit_train_batches=3",
                 "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"],
-       "epochs": 2, "specs": [GABA32, "gaba-bf16-fused"], "processes": [2], "profile_steps": 2, "jobs": 2,
+       "epochs": 1, "specs": [GABA32, "gaba-bf16-fused"], "processes": [2], "profile_steps": 2, "jobs": 2,
        "extra": ["model=small", "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                  "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]}
 

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import REPO, cli_env
 from grace_lit.console import quiet
@@ -21,9 +22,17 @@ def train(args: list[str], data_cache: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_single_run_writes_metrics_predictions_checkpoints(tmp_path, data_cache):
-    run = train([*TINY, f"hydra.run.dir={tmp_path}"], data_cache)
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, data_cache) -> tuple[subprocess.CompletedProcess, Path]:
+    """One tiny run, piped as in a log file, with its config printed."""
+    out = tmp_path_factory.mktemp("single")
+    run = train([*TINY, "print_config=true", f"hydra.run.dir={out}"], data_cache)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run, out
+
+
+def test_single_run_writes_metrics_predictions_checkpoints(single):
+    run, tmp_path = single
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert (metrics["protocol"], metrics["dataset"], metrics["loss"], metrics["seed"]) == ("paper", "FD001", "gaba", 42)
@@ -40,9 +49,8 @@ def test_single_run_writes_metrics_predictions_checkpoints(tmp_path, data_cache)
     assert "protocol=paper" in run.stderr + run.stdout
 
 
-def test_a_piped_run_prints_summary_config_one_line_per_epoch_and_result_without_noise(tmp_path, data_cache):
-    run = train([*TINY, "print_config=true", f"hydra.run.dir={tmp_path}"], data_cache)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_a_piped_run_prints_summary_config_one_line_per_epoch_and_result_without_noise(single):
+    run, tmp_path = single
     out = run.stdout + run.stderr
     assert "model small: 40,868 parameters; controller gaba + wmse" in out and "fresh" in out
     assert f"run directory: {tmp_path}" in out

@@ -2,10 +2,10 @@
 (model=small, one batch of each split, one epoch) through ``train.run``, in this process (a subprocess per
 case would spend most of its time importing). Options that need a file get a generated one; the GPU and DDP
 trainers compose and validate only (tests/test_ddp.py runs DDP on CPU), and so do the MLflow and TensorBoard
-loggers (tests/test_loggers.py runs them). The paper presets but FD002 GRACE differ from it only in dataset and
-controller, each trained by its own ``dataset=`` or ``loss=`` case: they compose, validate and build every
-object (data, model, controller, callbacks, trainer) without training. Also: the debug presets do what they
-say."""
+loggers (tests/test_loggers.py runs them). The ``loss=`` options that tests/test_controllers.py and
+tests/test_jd_methods.py train through the CLI, and the paper presets but FD002 GRACE (they differ from it only
+in dataset and controller, each trained by its own case), compose, validate and build every object (data,
+model, controller, callbacks, trainer) without training. Also: the debug presets do what they say."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,8 @@ from grace_lit.config import validate
 from grace_lit.data.synthetic_ncmapss import generate as generate_ds02
 from grace_lit.data.synthetic_table import generate as generate_table
 from grace_lit.train import build, run
+from test_controllers import LOSSES
+from test_jd_methods import METHODS
 
 CONF = REPO / "conf"
 TINY = ["model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
@@ -52,7 +54,8 @@ def group_options() -> list[str]:
 
 
 CASES = ["defaults", *group_options()]
-BUILD_ONLY = {c for c in CASES if c.startswith("experiment=paper_") and c != "experiment=paper_FD002_grace"}
+BUILD_ONLY = {c for c in CASES if c.startswith("experiment=paper_") and c != "experiment=paper_FD002_grace"} | {
+    f"loss={name}" for name in [*LOSSES, *METHODS]}
 
 
 @pytest.fixture(scope="module")
