@@ -111,6 +111,9 @@ def worker(rank: int, out: Path, port: int) -> None:
     """One DDP rank, as torchrun would start it: Lightning sees LOCAL_RANK and launches nothing itself."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
                       LOCAL_RANK=str(rank), NODE_RANK="0", OMP_NUM_THREADS="1")
+    # an earlier test's seed_everything leaves PL_GLOBAL_SEED in the environment the ranks inherit, and DDP's setup
+    # re-seeds from it (the one-process reference does not): RLW's draws would then depend on the test order
+    os.environ.pop("PL_GLOBAL_SEED", None)
     torch.set_num_threads(1)
     torch.save({name: train(name, rank, WORLD) for name in CONTROLLERS}, out / f"rank{rank}.pt")
 
