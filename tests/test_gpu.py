@@ -175,7 +175,7 @@ def cli_runs(request, tmp_path_factory, data_cache) -> dict:
     for proc in procs:
         finish(proc)
     finish(cli(runs["B"], data_cache, device, f"trainer.max_epochs={EPOCHS}", "resume=true"))
-    return {"device": device, **runs}
+    return runs
 
 
 def numbers(run_dir: Path) -> dict:

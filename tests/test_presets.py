@@ -91,7 +91,7 @@ def test_group_option_trains_one_step(case, files, data_cache, tmp_path):
     if case in BUILD_ONLY:
         cfg = as_cli([*overrides, *TINY], tmp_path, data_cache)
         validate(cfg)
-        data, module, trainer = build(cfg)
+        data, _, trainer = build(cfg)
         data.setup("fit")
         assert len(data.splits.train) > 0 and trainer.max_epochs == 1
         return
