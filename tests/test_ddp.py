@@ -56,7 +56,8 @@ CONTROLLERS = {
     "uncertainty": (lambda: Uncertainty(scales=[0.5, 1.0], lr=0.1), "fused"),
     "upgrad": (lambda: JacobianDescent(UPGradWeighting), "fused"),
     "mgda_reference": (lambda: JacobianDescent(MGDAWeighting), "reference"),
-    "rlw": (lambda: JacobianDescent(Random), "fused"),  # random weights: every rank applies the same draw
+    # random loss weights (conf/loss/rlw.yaml: the heads weighted too): every rank applies the same draw
+    "rlw": (lambda: JacobianDescent(Random, weights_heads=True), "fused"),
 }
 
 

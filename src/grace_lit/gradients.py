@@ -12,6 +12,13 @@ served:
 * ``approx``: the Gramian of the gradients w.r.t. the backbone *output* (one cheap pass through the heads), then
   one backward. Not the spec's GABA: an opt-in approximation.
 
+A loss weighting (``Controller.weights_heads``: GABA, AMNL, GradNorm, Uncertainty, DWA, RLW, ...) gets sum_i w_i
+grad L_i on every parameter. A gradient aggregation (the torchjd methods but RLW) gets it on the backbone only, each
+head its own task's unweighted gradient, as torchjd's ``mtl_backward`` assigns them: ``fused`` weights the per-task
+gradients per parameter; the single-backward paths differentiate the unweighted sum of the losses and replace the
+gradient reaching the backbone output (which feeds the heads only) by sum_i w_i dL_i/d(output), one cheap pass
+through the heads per task.
+
 Under DDP every rank's controller sees the global batch: ``autograd.grad`` builds the per-task gradients outside
 DDP's all-reduce hooks, so they are averaged over ranks here (``grace_lit.distributed``); the single-backward
 paths leave the gradient average to DDP. So every rank computes the same weights and applies the same update, as
@@ -85,8 +92,30 @@ class GradientStep:
             return self._fused(losses, synced)
         self.last_gramian = None if scope == "none" else self._measure(losses, scope, features)
         weights, aux = self.controller(synced, self.last_gramian)
-        objective = (weights * losses).sum()  # this rank's losses: DDP averages the gradients in ``backward``
-        backward((objective if aux is None else objective + aux) / self.accumulate)
+        hook = None
+        if self.controller.weights_heads:
+            objective = (weights * losses).sum()  # this rank's losses: DDP averages the gradients in ``backward``
+        else:  # each head its task's gradient, the backbone the weighted one (through the hook on its output)
+            hook = features.register_hook(self._backbone_gradient(losses, weights.detach(), features))
+            objective = losses.sum()
+            if weights.requires_grad:  # a controller's own parameters, from its weights alone
+                objective = objective + (weights * losses.detach()).sum()
+        try:
+            backward((objective if aux is None else objective + aux) / self.accumulate)
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    def _backbone_gradient(self, losses: torch.Tensor, weights: torch.Tensor, features: torch.Tensor
+                           ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A hook for the backbone output's gradient under ``backward(losses.sum() / accumulate)``: it replaces
+        sum_i dL_i/dz / accumulate (what reaches z) by sum_i w_i dL_i/dz / accumulate. This rank's per-task
+        gradients: under DDP the backward's all-reduce averages the parameter gradients as for a loss weighting."""
+        per_task = torch.stack([torch.autograd.grad(loss, [features], retain_graph=True)[0] for loss in losses])
+        w = weights.to(per_task.device).reshape(-1, *[1] * features.dim())
+        # in the weights' precision (the Gramian's), then the activation's (bfloat16 under bf16-mixed)
+        weighted = (per_task.to(w.dtype) * w).sum(0).div_(self.accumulate).to(per_task.dtype)
+        return lambda grad: weighted
 
     def _measure(self, losses: torch.Tensor, scope: str, features: torch.Tensor) -> torch.Tensor:
         """The global batch's Gramian on ``scope``, identical on every rank (graph retained).
@@ -106,12 +135,19 @@ class GradientStep:
     def _fused(self, losses: torch.Tensor, synced: torch.Tensor) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         shared = {id(p) for p in self.model.shared_parameters()}
+        on_backbone = [j for j, p in enumerate(params) if id(p) in shared]
         last = len(losses) - 1
         grads = [average_across_ranks(torch.autograd.grad(loss, params, retain_graph=i < last, allow_unused=True))
                  for i, loss in enumerate(losses)]
-        self.last_gramian = gramian([[g for g, p in zip(task, params) if id(p) in shared] for task in grads])
+        self.last_gramian = gramian([[task[j] for j in on_backbone] for task in grads])
         weights, aux = self.controller(synced, self.last_gramian)
-        add_grads(params, weighted_sum(grads, weights.detach() / self.accumulate))
+        scale = weights.detach() / self.accumulate
+        if self.controller.weights_heads:
+            add_grads(params, weighted_sum(grads, scale))
+        else:  # the backbone gets the aggregate; each head its task's gradient (a task never reaches the other head)
+            on_heads = [j for j, p in enumerate(params) if id(p) not in shared]
+            for subset, w in ((on_backbone, scale), (on_heads, torch.full_like(scale, 1 / self.accumulate))):
+                add_grads([params[j] for j in subset], weighted_sum([[task[j] for j in subset] for task in grads], w))
         if weights.requires_grad or aux is not None:  # the controller's own parameters
             # from the global losses: the same gradient on every rank. autograd.grad, not backward(): DDP's hooks
             # on these parameters alone would leave its reduction half done and fail the next step

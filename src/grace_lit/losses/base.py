@@ -4,7 +4,11 @@ Per training step the gradient step (``grace_lit.gradients``) asks ``gradient_sc
 the task gradients measured ("none", "shared" = all backbone parameters, "last_shared" = the last backbone
 layer), builds the K x K Gramian G_ij = <grad L_i, grad L_j> there, and calls ``forward(losses, gramian)``. The
 controller returns the per-task weights applied to the task losses and an optional auxiliary loss for its own
-parameters; the update is sum_i w_i grad L_i (+ the gradient of aux on the controller's parameters).
+parameters; the update is sum_i w_i grad L_i (+ the gradient of aux on the controller's parameters). A loss
+weighting (``weights_heads = True``: GABA, AMNL, GradNorm, Uncertainty, DWA, RLW, ...) applies it to every
+parameter, heads included; a gradient aggregation (``weights_heads = False``: PCGrad, MGDA, UPGrad and the other
+torchjd methods, as their papers and torchjd's ``mtl_backward`` define them) applies it to the shared (backbone)
+parameters only, and each head gets its own task's unweighted gradient.
 ``after_step()`` runs after each optimizer step. Gradient norms are the Gramian's diagonal, the conflict between
 tasks its off-diagonal: two tasks' Gramian is three dot products.
 """
@@ -19,6 +23,10 @@ class Controller(nn.Module):
     scope: str = "none"
     lr: float | None = None  # learning rate of the controller's own parameter group (no weight decay)
     trains_health: bool = True
+    # True: the weights multiply the task losses, so every parameter's task gradient is weighted (loss weighting).
+    # False: they combine the task gradients on the shared parameters only; each head gets its own task's gradient
+    # unweighted (gradient aggregation). Either way the weights are the ones forward() returns.
+    weights_heads: bool = True
 
     def __init__(self, n_tasks: int = 2):
         super().__init__()

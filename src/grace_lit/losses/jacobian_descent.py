@@ -1,6 +1,9 @@
-"""Gradient-manipulation methods (UPGrad, PCGrad, CAGrad, IMTL-G, Nash-MTL, Aligned-MTL, MGDA, DualProj, RLW)
-through torchjd: each maps the Gramian of the task gradients on the shared parameters to task weights, and the
-gradient step applies sum_i w_i grad L_i to every parameter, heads included.
+"""Gradient-manipulation methods (UPGrad, PCGrad, CAGrad, IMTL-G, Nash-MTL, Aligned-MTL, MGDA, DualProj) and RLW
+through torchjd: each maps the Gramian of the task gradients on the shared parameters to task weights. As the
+methods define it (and torchjd's ``mtl_backward`` does it), the gradient step gives the shared (backbone)
+parameters the aggregate sum_i w_i grad L_i and each head its own task's unweighted gradient. RLW is a loss
+weighting (Lin et al. 2022 draw weights for the losses): its ``conf/loss/rlw.yaml`` sets ``weights_heads: true``,
+so its weights multiply every parameter's task gradient, heads included.
 
 Only the ``loss=`` configs that name a torchjd class import this module, so torchjd stays optional for the others.
 """
@@ -30,13 +33,15 @@ class JacobianDescent(Controller):
     ``method`` builds it (a Hydra partial, so a missing optional solver is reported here, before any data is read).
     torchjd has Nash-MTL and RLW (``Random``) as Aggregators only. Their weightings depend on the Jacobian J only
     through J J^T (Nash-MTL solves on G = J J^T and caps |J^T w| = sqrt(w^T G w); RLW reads the task count), so a
-    square root of the Gramian gives exactly the weights the whole Jacobian would.
+    square root of the Gramian gives exactly the weights the whole Jacobian would. ``weights_heads``: false (the
+    gradient-manipulation methods) aggregates on the backbone only; true (RLW) weights the losses.
     """
 
     scope = "shared"
 
-    def __init__(self, method: Callable[[], Weighting | Aggregator], n_tasks: int = 2):
+    def __init__(self, method: Callable[[], Weighting | Aggregator], n_tasks: int = 2, weights_heads: bool = False):
         super().__init__(n_tasks)
+        self.weights_heads = weights_heads  # False: the heads get their task's own gradient (see the module doc)
         try:
             built = method()
         except ImportError as err:  # torchjd checks its optional solvers (cvxpy, ecos, clarabel) when building
