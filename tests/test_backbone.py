@@ -18,20 +18,20 @@ def backbone(dropout: float = 0.0, attention_dropout: float = 0.0, layer_norm: b
 
 
 def captured(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The BiLSTM's output, the attention's query input and output, each FC Linear's input and output, and the
-    backbone's output."""
+    """The BiLSTM's output, the attention's key input (the whole sequence) and output, each FC Linear's input and
+    output, and the backbone's output."""
     seen: dict[str, torch.Tensor] = {}
 
-    def keep(name: str, take_input: bool):
+    def keep(name: str, arg: int | None = None):  # arg: which input to keep; None keeps the output
         def hook(module, args, out):
-            seen[name] = args[0] if take_input else (out[0] if isinstance(out, tuple) else out)
+            seen[name] = (out[0] if isinstance(out, tuple) else out) if arg is None else args[arg]
         return hook
 
-    hooks = [model.lstm.register_forward_hook(keep("lstm", False)),
-             model.attention.register_forward_hook(keep("attention_in", True)),
-             model.attention.register_forward_hook(keep("attention_out", False))]
+    hooks = [model.lstm.register_forward_hook(keep("lstm")),
+             model.attention.register_forward_hook(keep("attention_in", arg=1)),
+             model.attention.register_forward_hook(keep("attention_out"))]
     for i, lin in enumerate(m for m in model.fc if isinstance(m, nn.Linear)):
-        hooks += [lin.register_forward_hook(keep(f"fc{i}_in", True)), lin.register_forward_hook(keep(f"fc{i}", False))]
+        hooks += [lin.register_forward_hook(keep(f"fc{i}_in", arg=0)), lin.register_forward_hook(keep(f"fc{i}"))]
     seen["out"] = model(x)
     for h in hooks:
         h.remove()
@@ -97,3 +97,15 @@ def test_without_layer_norm_the_pooled_state_is_the_attention_residual():
     model = backbone(layer_norm=False).eval()
     seen = captured(model, X)
     torch.testing.assert_close(seen["fc0_in"], (seen["lstm"] + seen["attention_out"])[:, -1])
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_last_pooling_attends_from_the_last_step_as_full_attention_would(layer_norm):
+    """pool=last attends from the last query only; the attention over every query, read at the last step, is the
+    same state (what the spec's backbone computes at T times the cost)."""
+    model = backbone(layer_norm=layer_norm).eval()
+    seen = captured(model, X)
+    h = seen["lstm"]
+    full, _ = model.attention(h, h, h, need_weights=False)
+    torch.testing.assert_close(seen["fc0_in"], model.norm(h + full)[:, -1])
+    assert seen["attention_out"].shape[1] == 1

@@ -48,9 +48,9 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.cnn(x.transpose(1, 2)).transpose(1, 2)
         h = self.lstm_dropout(self.lstm(h)[0])
+        # pool=last reads one time step: attend from that query alone (the same numbers at 1/T of the cost)
+        query = h[:, -1:] if self.pool == "last" else h
         if self.attention is not None:
-            a, _ = self.attention(h, h, h, need_weights=False)
-            h = h + a if self.use_residual else a
-        h = self.norm(h)
-        h = h[:, -1] if self.pool == "last" else h.mean(dim=1)
-        return self.fc(h)
+            a, _ = self.attention(query, h, h, need_weights=False)
+            query = query + a if self.use_residual else a
+        return self.fc(self.norm(query).mean(dim=1))
