@@ -17,6 +17,9 @@ def test_wmse_hand_values():
     # above max_rul the weight is 1: plain MSE
     high = torch.tensor([130.0, 200.0])
     assert WMSE(125)(high + 2, high).item() == pytest.approx(4.0) == MSE()(high + 2, high).item()
+    # scale=max_rul: the same errors in units of the cap, (25 / 125)^2 = 0.04 times spec 000's value
+    assert WMSE(125, scale=125)(pred, target).item() == pytest.approx(expected / 125**2, rel=1e-6)
+    assert MSE(scale=2)(high + 2, high).item() == pytest.approx(1.0)
 
 
 def test_gaba_multistep_trace():
