@@ -29,6 +29,10 @@ def bench(script: str, args: list[str], data_cache: Path) -> str:
     ("lightning_overhead.py", ["--rounds", "1", "--epochs", "2", "--batches", "2", "--threads", "1"],
      rf"lightning_vs_plain={NUMBER}"),
     ("data_prep.py", ["--rounds", "1", "--threads", "1"], rf"fd004_cold_s={NUMBER} fd004_prep_s={NUMBER}"),
+    ("plain_reference.py", ["--max-epochs", "2", "--max-batches", "2", "--threads", "1"],
+     rf"plain_reference test_rmse_last={NUMBER} cpu_s={NUMBER} epochs=2"),
+    ("cpu_epoch.py", ["--variants", "current,plain", "--rounds", "1", "--short", "1", "--long", "2", "--batches", "1"],
+     rf"baseline_vs_current=nan current_vs_plain=-?{NUMBER}"),  # tiny epochs: start-up noise can exceed them
 ])
 def test_benchmark_runs_and_prints_its_result(script, args, last, data_cache):
     assert re.fullmatch(last, bench(script, args, data_cache))
@@ -41,6 +45,7 @@ def test_ncmapss_reader_benchmark_on_a_small_generated_file(tmp_path, data_cache
 
 
 def test_every_benchmark_script_is_smoke_tested_here_or_beside_its_owner():
-    here = {"gaba_step.py", "lightning_overhead.py", "data_prep.py", "ncmapss_reader.py", "common.py"}
+    here = {"gaba_step.py", "lightning_overhead.py", "data_prep.py", "ncmapss_reader.py", "common.py",
+            "plain_reference.py", "cpu_epoch.py"}
     elsewhere = {"gpu_window.py", "gpu_throughput.py", "campaign.py"}  # tests/test_campaign.py, the GPU tests
     assert {p.name for p in (REPO / "benchmarks").glob("*.py")} <= here | elsewhere
