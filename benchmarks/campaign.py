@@ -1,9 +1,14 @@
-"""Runs the campaign of ``benchmarks/campaign.yaml`` until its cells are done or a time budget ends.
+"""Runs a campaign manifest until its cells are done or a time budget ends: ``benchmarks/campaign.yaml`` (the
+GPU campaign: paper presets) or ``benchmarks/cpu_campaign.yaml`` (the CPU campaign: budget=cpu, one thread per run).
 
-Each experiment's pending runs (both protocols, every seed not yet completed) go to one ``--multirun`` sweep
+A manifest lists experiments, each a preset name (``experiment=<name>``, its cells named
+``<dataset>_<loss>_<protocol>``) or a mapping ``{name, overrides}`` (cells named ``<name>_<protocol>``), and the
+protocols, seeds and overrides every run gets; ``results`` and ``runs`` name its directories, ``env`` the
+variables its runs start with, ``cpu_s_per_run`` (per dataset) what a run costs before any has been measured.
+Each experiment's pending runs (every protocol, every seed not yet completed) go to one ``--multirun`` sweep
 through Hydra's joblib launcher, ``--jobs`` runs at a time on one machine. A run is done when its
-``metrics.json`` says ``completed`` in ``--results`` (results/gpu_full/, committed) or in ``--runs`` (the run
-directories, default ``multirun/campaign/``: git-ignored, so a warm GPU machine keeps them between commands).
+``metrics.json`` says ``completed`` in the results directory (committed) or in the runs directory (git-ignored,
+so a machine keeps them between commands). Before it starts, ``run`` prints what the pending runs will cost.
 Everything else runs again with ``resume=true`` in its run directory: a run that an earlier command left
 unfinished continues from its ``last.ckpt``. At the budget's end the sweep's process group is killed (its
 checkpoints are written atomically) and its runs are reported ``unfinished`` with the epochs they reached.
@@ -12,7 +17,8 @@ If this process itself is killed, the sweep dies with it (PR_SET_PDEATHSIG) and 
 
     python benchmarks/campaign.py run --jobs 4 --budget 3600      # -- extra overrides after a double dash
     python benchmarks/campaign.py status                          # the report, nothing run
-    python benchmarks/campaign.py collect multirun/campaign       # completed runs -> results/gpu_full/
+    python benchmarks/campaign.py collect                         # completed runs -> the results directory
+    python benchmarks/campaign.py run --manifest benchmarks/cpu_campaign.yaml --jobs 1 --budget 7200
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -36,9 +43,9 @@ from common import REPO, compose_config
 from grace_lit.orphan_guard import die_with_parent
 
 MANIFEST = REPO / "benchmarks" / "campaign.yaml"
-RUNS = REPO / "multirun" / "campaign"
-RESULTS = REPO / "results" / "gpu_full"
-SUBDIR = "${dataset.name}_${loss.name}_${protocol.name}/s${seed}"  # must name runs as cell_dir() does
+RUNS = "multirun/campaign"      # a manifest's defaults for its ``runs`` and ``results`` keys (relative to REPO)
+RESULTS = "results/gpu_full"
+PRESET_LABEL = "${dataset.name}_${loss.name}"  # a preset's cells: named from the composed config, as label() does
 REPORTED = ("test/rmse_last", "test/nasa", "best_epoch", "epochs_run", "wall_time_s", "device")
 
 
@@ -46,7 +53,8 @@ REPORTED = ("test/rmse_last", "test/nasa", "best_epoch", "epochs_run", "wall_tim
 class Cell:
     experiment: str
     protocol: str
-    name: str  # <dataset>_<loss>_<protocol>: its directory under --runs and --results
+    name: str  # <label>_<protocol>: its directory under the runs and results directories
+    overrides: tuple[str, ...] = ()  # what selects the experiment
 
 
 @dataclass
@@ -55,21 +63,39 @@ class Sweep:
     protocols: list[str]
     seeds: list[int]
     runs: list[tuple[str, int]] = field(default_factory=list)  # (cell name, seed), in Hydra's job order
+    overrides: tuple[str, ...] = ()
 
 
 def load_manifest(path: Path = MANIFEST) -> Any:
     return OmegaConf.load(path)
 
 
+def manifest_dirs(manifest: Any) -> tuple[Path, Path]:
+    """(runs, results) of a manifest, under REPO unless absolute."""
+    return REPO / manifest.get("runs", RUNS), REPO / manifest.get("results", RESULTS)
+
+
 @lru_cache
-def dataset_and_loss(experiment: str) -> str:
-    cfg = compose_config(f"experiment={experiment}")
-    return f"{cfg.dataset.name}_{cfg.loss.name}"
+def composed_names(overrides: tuple[str, ...]) -> tuple[str, str]:
+    cfg = compose_config(*overrides)
+    return cfg.dataset.name, f"{cfg.dataset.name}_{cfg.loss.name}"
+
+
+def experiment(entry: Any) -> tuple[str, tuple[str, ...], str]:
+    """(name, overrides, label) of a manifest entry: a preset name or a mapping {name, overrides}."""
+    if isinstance(entry, str):
+        overrides = (f"experiment={entry}",)
+        return entry, overrides, composed_names(overrides)[1]
+    return entry.name, tuple(entry.overrides), entry.name
 
 
 def cells(manifest: Any) -> list[Cell]:
-    """The manifest's cells in order; each named from its composed config, as Hydra will name its runs."""
-    return [Cell(e, p, f"{dataset_and_loss(e)}_{p}") for e in manifest.experiments for p in manifest.protocols]
+    """The manifest's cells in order, each named as Hydra will name its runs."""
+    out = []
+    for entry in manifest.experiments:
+        name, overrides, label = experiment(entry)
+        out += [Cell(name, p, f"{label}_{p}", overrides) for p in manifest.protocols]
+    return out
 
 
 def run_state(run_dir: Path) -> dict[str, Any]:
@@ -112,15 +138,41 @@ def plan(manifest: Any, runs: Path, results: Path) -> list[Sweep]:
         names = {c.protocol: c.name for c in group}
         for protocols, seeds in sets:
             sweeps.append(Sweep(experiment, protocols, list(seeds),
-                                [(names[p], s) for p in protocols for s in seeds]))
+                                [(names[p], s) for p in protocols for s in seeds], group[0].overrides))
     return sweeps
 
 
 def sweep_command(sweep: Sweep, manifest: Any, runs: Path, jobs: int, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "grace_lit.train", "--multirun", f"experiment={sweep.experiment}",
+    preset = sweep.overrides == (f"experiment={sweep.experiment}",)
+    subdir = f"{PRESET_LABEL if preset else sweep.experiment}_${{protocol.name}}/s${{seed}}"
+    return [sys.executable, "-m", "grace_lit.train", "--multirun", *sweep.overrides,
             f"protocol={','.join(sweep.protocols)}", f"seed={','.join(map(str, sweep.seeds))}",
             "hydra/launcher=joblib", f"hydra.launcher.n_jobs={min(jobs, len(sweep.runs))}",
-            f"hydra.sweep.dir={runs}", f"hydra.sweep.subdir={SUBDIR}", "resume=true", *manifest.overrides, *extra]
+            f"hydra.sweep.dir={runs}", f"hydra.sweep.subdir={subdir}", "resume=true", *manifest.overrides, *extra]
+
+
+def cost(manifest: Any, runs: Path, results: Path) -> dict[str, Any]:
+    """What the pending runs need: per dataset, the median wall time of its completed runs (one thread each, so
+    about CPU time) or, before any, the manifest's ``cpu_s_per_run``; a run left unfinished counts whole."""
+    done: dict[str, list[float]] = {}
+    pending: dict[str, int] = {}
+    for cell in cells(manifest):
+        dataset = composed_names(cell.overrides)[0]
+        for seed in manifest.seeds:
+            run = state(cell, seed, runs, results)
+            if run["status"] == "completed" and run.get("wall_time_s"):
+                done.setdefault(dataset, []).append(run["wall_time_s"])
+            elif run["status"] != "completed":
+                pending[dataset] = pending.get(dataset, 0) + 1
+    guess = manifest.get("cpu_s_per_run", {})
+    per_run = {d: statistics.median(done[d]) if d in done else guess.get(d, float("nan")) for d in pending}
+    return {"pending": pending, "s_per_run": per_run, "total_s": sum(n * per_run[d] for d, n in pending.items())}
+
+
+def cost_line(need: dict[str, Any], jobs: int) -> str:
+    parts = ", ".join(f"{d} {n} x {need['s_per_run'][d] / 60:.1f} min" for d, n in need["pending"].items())
+    return (f"campaign: {sum(need['pending'].values())} runs pending ({parts or 'none'}): about "
+            f"{need['total_s'] / 3600:.1f} CPU-hours, {need['total_s'] / 3600 / jobs:.1f} h at --jobs {jobs}")
 
 
 def run_until(cmds: list[list[str]], deadline: float, log: Path, env: dict[str, str] | None = None,
@@ -211,22 +263,26 @@ def main() -> None:
     parser.add_argument("mode", choices=["run", "status", "collect"])
     parser.add_argument("source", nargs="?", type=Path, help="collect: the run directories to copy from")
     parser.add_argument("--manifest", type=Path, default=MANIFEST)
-    parser.add_argument("--runs", type=Path, default=RUNS)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=Path, help="run directories (default: the manifest's runs)")
+    parser.add_argument("--results", type=Path, help="completed runs (default: the manifest's results)")
     parser.add_argument("--jobs", type=int, default=4, help="runs at a time (joblib workers)")
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; then stop, keep checkpoints")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    if args.mode == "collect":
-        print("\n".join(collect(args.source or args.runs, args.results)) or "nothing new to collect")
-        return
     manifest = load_manifest(args.manifest)
+    runs, results = manifest_dirs(manifest)
+    runs, results = (args.runs or runs).resolve(), (args.results or results).resolve()
+    if args.mode == "collect":
+        print("\n".join(collect(args.source or runs, results)) or "nothing new to collect")
+        return
+    print(cost_line(cost(manifest, runs, results), args.jobs), flush=True)
     if args.mode == "run":
-        args.runs.mkdir(parents=True, exist_ok=True)
-        rep = run_campaign(manifest, args.runs.resolve(), args.results.resolve(), args.jobs,
-                           time.monotonic() + args.budget, extra, args.runs / "campaign.log")
+        runs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **{k: str(v) for k, v in manifest.get("env", {}).items()}}
+        rep = run_campaign(manifest, runs, results, args.jobs, time.monotonic() + args.budget, extra,
+                           runs / "campaign.log", env=env)
     else:
-        rep = report(manifest, args.runs, args.results)
+        rep = report(manifest, runs, results)
     print("\n".join(summary_lines(rep)))
     if args.json:
         args.json.write_text(json.dumps(rep, indent=1))

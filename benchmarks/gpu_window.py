@@ -333,7 +333,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the archive and summary.json go")
     parser.add_argument("--work", type=Path, help=f"work folder (default {WORK.relative_to(REPO)}, or "
                                                   f"{WORK.name}_dry for a dry run)")
-    parser.add_argument("--results", type=Path, default=campaign.RESULTS, help="completed runs the campaign skips")
+    parser.add_argument("--results", type=Path, default=campaign.manifest_dirs(campaign.load_manifest())[1],
+                        help="completed runs the campaign skips")
     parser.add_argument("--jobs", type=int, help="campaign runs at a time (default: the concurrency phase's best)")
     parser.add_argument("--dry-run", action="store_true", help="CPU: model=small, few batches (default off CUDA)")
     parser.add_argument("--jsonl", type=Path, help="measure: append results here")

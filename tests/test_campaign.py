@@ -1,4 +1,4 @@
-"""The GPU campaign runner (benchmarks/campaign.py): the manifest's order, which runs it skips, resumes and
+"""The campaign runner (benchmarks/campaign.py) and its GPU and CPU manifests: the manifests' cells and order, which runs it skips, resumes and
 reports, the sweeps it launches, and that neither a budget stop nor a killed runner leaves a process behind."""
 from __future__ import annotations
 
@@ -34,6 +34,43 @@ def test_manifest_runs_the_issues_cells_in_order():
     cfg = composed([f"experiment={cells[3].experiment}", f"protocol={cells[3].protocol}", *manifest.overrides])
     assert (cfg.dataset.name, cfg.loss.name, cfg.protocol.name, cfg.model.backbone.hidden_size,
             cfg.trainer.accelerator, cfg.trainer.precision) == ("FD002", "amnl", "holdout", 256, "gpu", "32-true")
+
+
+def test_cpu_manifest_runs_the_issues_cells():
+    """Issue 21's cells: FD001 x eleven controllers and GABA on the cap's scale, FD002-FD004 x the first seven and
+    GABA on the cap's scale; every run the CPU profile, five cuts, one thread; only the controller differs."""
+    manifest = campaign.load_manifest(REPO / "benchmarks" / "cpu_campaign.yaml")
+    first = ["grace", "amnl", "gradnorm", "uncertainty", "fixed_floor", "fixed_equal", "single_task"]
+    expected = [f"FD001_{c}_holdout" for c in [*first, "upgrad", "pcgrad", "mgda", "dwa", "grace_scaled"]]
+    expected += [f"{d}_{c}_holdout" for d in ("FD002", "FD003", "FD004") for c in [*first, "grace_scaled"]]
+    cells = campaign.cells(manifest)
+    assert [c.name for c in cells] == expected and list(manifest.seeds) == [42, 123, 456, 789, 1024]
+    assert campaign.manifest_dirs(manifest) == (REPO / "multirun/cpu_campaign", REPO / "results/cpu_campaign")
+    assert manifest.env.OMP_NUM_THREADS == 1
+    configs = {c.name: composed([*c.overrides, f"protocol={c.protocol}", *manifest.overrides]) for c in cells[:13]}
+    floor = configs["FD001_fixed_floor_holdout"]
+    assert list(floor.loss.controller.weights) == [0.05, 0.95] and floor.protocol.val_cuts == 5
+    assert (floor.model.backbone.hidden_size, floor.callbacks.ema.warmup) == (32, True)  # budget=cpu
+    assert configs["FD001_grace_scaled_holdout"].rul_loss.fn.scale == configs["FD001_grace_holdout"].dataset.max_rul
+    assert {cfg.rul_loss.name for cfg in configs.values()} == {"wmse"}
+    sweep = campaign.plan(manifest, REPO / "absent", REPO / "absent")[4]
+    cmd = campaign.sweep_command(sweep, manifest, REPO / "runs", jobs=1, extra=[])
+    assert "hydra.sweep.subdir=FD001_fixed_floor_${protocol.name}/s${seed}" in cmd
+
+
+def test_cost_counts_pending_runs_at_the_measured_time(tmp_path):
+    manifest = OmegaConf.create({"seeds": [1, 2, 3], "protocols": ["holdout"], "overrides": [],
+                                 "cpu_s_per_run": {"FD001": 100, "FD003": 50},
+                                 "experiments": [{"name": "FD001_a", "overrides": ["dataset=FD001"]},
+                                                 {"name": "FD003_a", "overrides": ["dataset=FD003"]}]})
+    for seed, wall in [(1, 60.0), (2, 80.0)]:
+        write_run(tmp_path / "results" / "FD001_a_holdout" / f"s{seed}", "completed")
+        metrics = tmp_path / "results" / "FD001_a_holdout" / f"s{seed}" / "metrics.json"
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "wall_time_s": wall}))
+    need = campaign.cost(manifest, tmp_path / "runs", tmp_path / "results")
+    assert need["pending"] == {"FD001": 1, "FD003": 3}
+    assert need["total_s"] == 70.0 + 3 * 50  # FD001 at its completed runs' median, FD003 at the manifest's guess
+    assert campaign.cost_line(need, jobs=2).startswith("campaign: 4 runs pending")
 
 
 def write_run(run_dir: Path, status: str | None, epochs: int = 0) -> None:
