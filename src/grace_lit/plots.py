@@ -4,11 +4,14 @@ Headless by construction: figures are ``matplotlib.figure.Figure`` objects saved
 display backend or global figure state is involved. Per run (into ``<run>/plots/``): learning curves, controller
 weights with the GABA warmup band (and the gradient norms and the cosine between the task gradients where they
 were measured), learning rate and weight decay, last-window predictions, and full RUL
-trajectories of a few test units (re-scored from the selected checkpoint, see replay.py).
+trajectories of a few test units (re-scored from the selected checkpoint, see replay.py). Per report: bars per
+protocol, a critical-difference diagram of the Friedman test (Demšar 2006) and GABA's RUL weight per epoch against
+its floor.
 """
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +36,9 @@ def _figure(n_panels: int, rows: int = 1) -> tuple[Figure, list[Axes]]:
     return fig, list(np.atleast_1d(fig.subplots(rows, cols)).ravel())
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, **savefig) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, **savefig)
     return path
 
 
@@ -134,21 +137,85 @@ def trajectories(windows: pd.DataFrame, title: str, path: Path) -> Path:
 
 def sweep_bars(table: pd.DataFrame, protocol: str, path: Path) -> Path:
     """One panel per metric: datasets on x, one bar per controller/RUL loss/variant, error bars = sample std."""
-    methods = list(table[["loss", "rul_loss", "variant"]].drop_duplicates().itertuples(index=False))
+    keys = ["loss", "rul_loss", "variant", *(["test_truth"] if "test_truth" in table and
+                                              table["test_truth"].nunique() > 1 else [])]
+    methods = list(table[keys].drop_duplicates().itertuples(index=False))
     datasets = sorted(table["dataset"].unique())
     width = 0.8 / len(methods)
     fig, axes = _figure(len(BAR_METRICS))
     for ax, (stem, label) in zip(axes, BAR_METRICS.items()):
         for i, method in enumerate(methods):
-            rows = table[(table["loss"] == method.loss) & (table["rul_loss"] == method.rul_loss)
-                         & (table["variant"] == method.variant)].set_index("dataset").reindex(datasets)
-            name = " + ".join(filter(None, [method.loss, method.rul_loss, method.variant]))
+            rows = table[(table[keys] == pd.Series(method, index=keys)).all(axis=1)].set_index("dataset")
+            rows = rows.reindex(datasets)
+            name = " + ".join(filter(None, method))
             ax.bar(np.arange(len(datasets)) + (i - (len(methods) - 1) / 2) * width, rows[f"{stem}_mean"],
                    width, yerr=rows[f"{stem}_std"].fillna(0.0), capsize=3, label=name)
         ax.set_xticks(np.arange(len(datasets)), datasets)
         ax.set(title=label)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize="small")
     fig.suptitle(f"protocol={protocol}: mean ± sample std over seeds")
+    return _save(fig, path)
+
+
+def cd_diagram(mean_ranks: pd.Series, cd: float, groups: list[list[str]], title: str, path: Path) -> Path:
+    """Critical-difference diagram (Demšar 2006, Fig. 1): the arms on a mean-rank axis (1 = lowest error, left),
+    half labelled on each side; the CD as a bar above the axis; thick bars below it join the arms whose mean ranks
+    differ by less than the CD (``groups``, grace_lit.stats.nemenyi_groups)."""
+    ranks = mean_ranks.sort_values()
+    k = len(ranks)
+    half = (k + 1) // 2
+    lines = max(half, k - half)
+    step = 0.35
+    fig = Figure(figsize=(8.0, 1.6 + step * (lines + len(groups) * 0.5)))
+    ax = fig.subplots()
+    ax.set_axis_off()
+    lo, hi = 1, max(k, 2)
+    ax.hlines(0.0, lo, hi, color="k", linewidth=1.2)
+    for tick in np.arange(lo, hi + 0.25, 0.5):
+        whole = float(tick).is_integer()
+        ax.vlines(tick, 0.0, 0.12 if whole else 0.06, color="k", linewidth=1.0)
+        if whole:
+            ax.text(tick, 0.18, f"{tick:g}", ha="center", va="bottom")
+    ax.hlines(0.75, lo, lo + cd, color="k", linewidth=1.5)  # the critical difference, from rank 1
+    ax.vlines([lo, lo + cd], 0.68, 0.82, color="k", linewidth=1.5)
+    ax.text(lo + cd / 2, 0.86, f"CD = {cd:.3f}", ha="center", va="bottom")
+    for j, group in enumerate(groups):
+        y = -0.18 - 0.16 * j
+        ax.hlines(y, ranks[group[0]] - 0.03, ranks[group[-1]] + 0.03, color="k", linewidth=4)
+    top = -0.18 - 0.16 * len(groups) - 0.25
+    for i, (name, rank) in enumerate(ranks.items()):
+        left = i < half
+        y = top - step * (i if left else k - 1 - i)
+        end = lo - 0.15 if left else hi + 0.15
+        ax.plot([rank, rank, end], [0.0, y, y], color="k", linewidth=0.9)
+        ax.text(end + (-0.05 if left else 0.05), y, f"{name} ({rank:.2f})", ha="right" if left else "left",
+                va="center", fontsize="small")
+    ax.set_xlim(lo - 0.2, hi + 0.2)
+    ax.set_ylim(top - step * lines, 1.2)
+    ax.set_title(title, fontsize="medium")
+    return _save(fig, path, bbox_inches="tight")
+
+
+def weight_floor(rows: pd.DataFrame, logs: dict[int, pd.DataFrame], title: str, path: Path) -> Path:
+    """One panel per (dataset, arm) of ``rows`` (grace_lit.report.gaba_logs): the RUL weight per epoch on a log
+    axis, one line per seed (``logs`` by row index), the floor ``min_weight`` dashed."""
+    panels = list(rows.groupby(["dataset", "arm"], sort=True))
+    cols = min(len(panels), 3)
+    fig, axes = _figure(len(panels), rows=-(-len(panels) // cols))
+    for ax, ((dataset, arm), runs) in zip(axes, panels):
+        for index, run in runs.sort_values(["seed", "fold"]).iterrows():
+            log = logs[index].dropna(subset=["weight_rul"]).drop_duplicates("epoch", keep="last")
+            label = f"seed {int(run['seed'])}" + (f" fold {int(run['fold'])}" if run["fold"] else "")
+            ax.plot(log["epoch"], log["weight_rul"], linewidth=1.0, label=label)
+        for floor in sorted(runs["min_weight"].unique()):
+            ax.axhline(floor, color="k", linestyle="--", linewidth=0.8, label=f"floor (min_weight {floor:g})")
+        ax.set_yscale("log")  # a departure from the floor shows as well as the fall from 0.5
+        ax.set(xlabel="epoch", ylabel="weight_rul (epoch mean, log scale)",
+               title="\n".join(textwrap.wrap(f"{dataset}: {arm}", 50)))
+        ax.legend(fontsize="x-small")
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(title)
     return _save(fig, path)
 
 
