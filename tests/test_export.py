@@ -1,4 +1,5 @@
-"""--export onnx: the exported graph predicts what PyTorch predicts (within 1e-5) on real windows."""
+"""--export onnx: the exported graph predicts what PyTorch predicts (within 1e-5) on real windows, and its contract
+reproduces the run's interval."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 from conftest import composed
 from grace_lit.data.synthetic_table import generate
 from grace_lit.export import export_onnx
+from grace_lit.intervals import calibrate
 from test_table import PUMP_FEATURES, table
 
 ort = pytest.importorskip("onnxruntime")  # the optional `export` extra (in `dev`, so CI runs this)
@@ -24,7 +26,10 @@ def test_onnx_predictions_equal_pytorch(tmp_path):
                     "model=small"])
     torch.manual_seed(0)
     model = instantiate(cfg.model).eval()
-    onnx_path, contract_path = export_onnx(model, splits.preprocessing, tmp_path / "export")
+    rng = np.random.default_rng(0)
+    calibration = calibrate(rng.uniform(0, 125, 100), rng.uniform(0, 125, 100), "mondrian", 0.9, [30.0, 70.0],
+                            low=0.0, high=125.0)
+    onnx_path, contract_path = export_onnx(model, splits.preprocessing, tmp_path / "export", calibration)
     x = splits.test.series[splits.test.starts[:, None] + torch.arange(30)]  # every test window, batch of ~100
     assert x.shape[0] > 50
     with torch.no_grad():
@@ -37,3 +42,12 @@ def test_onnx_predictions_equal_pytorch(tmp_path):
     contract = json.loads(contract_path.read_text())
     assert contract["input"]["shape"] == ["batch", 30, 3]
     assert contract["preprocessing"]["features"] == PUMP_FEATURES
+    # the contract's interval, applied as its "how" says, is the run's
+    interval = contract["interval"]
+    half = np.array([np.inf if h is None else h for h in interval["half_widths"]])
+    half = half[np.searchsorted(interval["edges"], onnx_rul, side="right")]
+    lo, hi = (np.clip(onnx_rul + sign * half, interval["low"], interval["high"]) for sign in (-1, 1))
+    expected = calibration.interval(onnx_rul)
+    np.testing.assert_allclose(lo, expected[0])
+    np.testing.assert_allclose(hi, expected[1])
+    assert interval["coverage"] == 0.9 and interval["form"] == "mondrian" and "band" in interval["how"]
