@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO, cli_env, composed
-from grace_lit.diagnose import gradient_pair, recommend
+from grace_lit.diagnose import gradient_pair, recommend, summary_lines
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,32 @@ def test_cli_prints_and_writes_the_verdict(fresh, thresholds):
     assert (result["verdict"], result["rule"]) == recommend(result["mean_ratio"], result["mean_cosine"], thresholds)
     assert f"verdict: {result['verdict']}" in done.stdout and result["rule"] in done.stdout
     assert result["train_epochs"] == 0 and result["dataset"] == "FD001"
+    assert result["next"].startswith("python -m grace_lit.train dataset=FD001 model=small ")  # the model it ran
+    assert f"next: {result['next']}" in done.stdout
+
+
+def diagnosis(*seeds: tuple[int, float, float]) -> dict:
+    """A diagnose.json as diagnose() writes it, for seeds of (seed, ratio, cosine)."""
+    thresholds = {"ratio": 10, "anti_aligned": -0.05, "aligned": 0.05, "strong": 0.20}
+    per_seed = [{"seed": s, "ratio": r, "cosine": c, "g_rul": 1.0, "g_health": 0.1, "n_batches": 50, "n_params": 10}
+                for s, r, c in seeds]
+    ratio, cosine = np.mean([r for _, r, _ in seeds]), np.mean([c for _, _, c in seeds])
+    verdict, rule = recommend(ratio, cosine, thresholds)
+    return {"dataset": "FD002", "rul_loss": "wmse", "train_epochs": 0, "seeds": [s for s, _, _ in seeds],
+            "n_batches": 50, "per_seed": per_seed, "mean_ratio": ratio, "mean_cosine": cosine, "cosine_sem": 0.01,
+            "thresholds": thresholds, "verdict": verdict, "rule": rule, "next": "python -m grace_lit.train ..."}
+
+
+def test_seeds_that_disagree_in_sign_give_no_confident_verdict():
+    """The case the issue reports: +0.076 (GABA alone) and -0.204 (single-task alone), single-task by the mean."""
+    lines = "\n".join(summary_lines(diagnosis((42, 50.0, 0.076), (123, 60.0, -0.204))))
+    assert "verdict: single-task by the mean, but UNCERTAIN: the seeds' cosines disagree in sign" in lines
+    assert "seed 42: GABA at ratio 50, cos +0.076; seed 123: single-task at ratio 60, cos -0.204" in lines
+    assert "diagnose.seeds=[42,123,1,2]" in lines
+    agreeing = "\n".join(summary_lines(diagnosis((42, 50.0, 0.12), (123, 60.0, 0.08))))
+    assert "UNCERTAIN" not in agreeing and "verdict: GABA  (" in agreeing
+    imbalance_first = "\n".join(summary_lines(diagnosis((42, 5.0, 0.3), (123, 6.0, -0.3))))
+    assert "UNCERTAIN" not in imbalance_first  # ratio < 10 decides before the cosine, for both seeds
 
 
 def test_cli_after_brief_training_differs_from_fresh(fresh, tmp_path, data_cache):

@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader, Subset
 
 from conftest import REPO, cli_env, composed
 from grace_lit.config import validate
+from grace_lit.results import write_failure
+from grace_lit.train import build, discard_run_dir
 from grace_lit.data.archive import expected_checksums, verify
 from grace_lit.data.windows import UnitSeries, WindowSet, batch_as_is
-from grace_lit.errors import GraceError
+from grace_lit.errors import GraceError, Refused
 from grace_lit.losses.gaba import GABA
 from grace_lit.losses.rul import WMSE
 from grace_lit.module import GraceModule
@@ -73,6 +75,70 @@ def test_gradnorm_controller_lr_is_checked_and_all_problems_reported_at_once():
     message = str(err.value)
     assert message.count(": must be") == 3
     assert "loss.controller.lr=0" in message and "optimizer.lr=-1" in message and "dataset.max_rul=-3" in message
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # broadcast to both tasks, or a RuntimeError 54 lines long mid-training
+    (["loss=fixed", "loss.controller.weights=[0.5]"], "loss.controller.weights=[0.5]: must be 2 numbers >= 0, one "
+                                                      "per task (RUL, health state)"),
+    (["loss=amnl", "loss.controller.weights=[0.3,0.3,0.4]"], "loss.controller.weights=[0.3, 0.3, 0.4]: must be 2"),
+    (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0: must be a fraction in (0, 1]"),  # untrained
+    (["dataset=table", "dataset.train=f.csv", "dataset.features=temperature"],  # not "column 't' is missing"
+     "dataset.features='temperature': must be a list of column names, e.g. 'dataset.features=[temperature,"),
+])
+def test_values_that_would_change_results_or_fail_late_are_refused_up_front(overrides, expected):
+    with pytest.raises(Refused) as err:
+        validate(composed(overrides))
+    assert expected in str(err.value) and "Fix:" in str(err.value) and str(err.value).count(": must be") == 1
+
+
+def test_keys_added_with_plus_that_nothing_reads_are_refused():
+    cfg = composed(["+optimiser.lr=1e-3", "+trainer.max_epoch=3"], hydra=True)
+    with pytest.raises(Refused) as err:
+        validate(cfg, cfg.hydra)
+    lines = str(err.value).splitlines()
+    assert lines[1:3] == [
+        "  +optimiser.lr=1e-3: adds the key optimiser.lr, which nothing reads (did you mean optimizer.lr=1e-3, "
+        "without '+'?)",
+        "  +trainer.max_epoch=3: lightning.Trainer takes no argument 'max_epoch' (did you mean "
+        "trainer.max_epochs=3, without '+'?)"]
+    assert lines[3].startswith("Fix: drop each '+' key nothing reads")
+    read = composed(["+trainer.profiler=simple", "+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}"],
+                    hydra=True)  # a Trainer argument, a new callback: both read
+    validate(read, read.hydra)
+
+
+def test_a_base_config_chosen_alone_is_refused_with_the_options(tmp_path):
+    cfg = composed(["dataset=_cmapss"], hydra=True)
+    assert "_cmapss" in cfg.hydra.run.dir  # the run directory's name resolves (Hydra's traceback before)
+    with pytest.raises(Refused) as err:
+        validate(cfg, cfg.hydra)
+    assert ("dataset=_cmapss: a base config the other dataset options build on, not one to choose; choose one "
+            "whose name does not start with '_': DS02, FD001, FD002, FD003, FD004, table") in str(err.value)
+    cfg.dataset.name = "???"  # a failure about an unset value still leaves its record
+    write_failure(tmp_path, cfg, err.value)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_a_gpu_trainer_without_a_gpu_says_use_trainer_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(Refused, match=r"trainer.accelerator=gpu needs a CUDA GPU(.|\n)*\nFix: trainer=cpu"):
+        build(composed(["dataset=FD001", "model=small", "trainer=gpu"]))
+
+
+def test_a_refused_run_directory_goes_but_one_with_a_run_in_it_stays(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    made = tmp_path / "outputs" / "2026-01-01" / "12-00-00_FD002"
+    (made / ".hydra").mkdir(parents=True)
+    (made / "train.log").write_text("")
+    discard_run_dir(made)
+    assert not (tmp_path / "outputs").exists()  # and the parents it alone filled
+    resumed = tmp_path / "run"
+    (resumed / ".hydra").mkdir(parents=True)
+    (resumed / "checkpoints").mkdir()
+    discard_run_dir(resumed)
+    assert (resumed / "checkpoints").is_dir()
 
 
 # ----------------------------------------------------------------------------------------------- data files

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from conftest import SENSORS, composed
 from grace_lit.config import validate
 from grace_lit.data.cmapss import COLUMNS, read_nasa
 from grace_lit.data.datamodule import RULDataModule
-from grace_lit.data.preprocess import Preprocessing, truncation_lengths
+from grace_lit.data.preprocess import Preprocessing, default_decimals, truncation_lengths
 from grace_lit.data.synthetic_table import LOADS, generate
 from grace_lit.data.table import Table
 from grace_lit.errors import GraceError
@@ -186,12 +187,6 @@ def duplicate_time(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def decreasing_time(frame: pd.DataFrame) -> pd.DataFrame:
-    i, j = rows_of(frame, "pump-002")[4:6]
-    frame.loc[[i, j], "hours"] = frame.loc[[j, i], "hours"].to_numpy()
-    return frame
-
-
 def second_row_of(pumps: Path, name: str, k: int) -> int:
     return int(rows_of(pd.read_csv(pumps / "fleet.csv"), name)[k]) + 1  # 1-based data row
 
@@ -215,15 +210,42 @@ def test_malformed_table_names_file_row_column_and_fix(pumps, tmp_path, edit, ex
     assert str(path) in message and expected in message and "Fix:" in message
 
 
-@pytest.mark.parametrize("edit, k, word", [(duplicate_time, 5, "repeats"), (decreasing_time, 5, "is before")])
-def test_time_must_strictly_increase_within_a_unit(pumps, tmp_path, edit, k, word):
-    path = edited(pumps, tmp_path, edit)
+def test_rows_in_any_order_are_sorted_by_time_within_each_unit(pumps, tmp_path):
+    shuffled = edited(pumps, tmp_path, lambda f: f.sample(frac=1.0, random_state=3))  # as a database exports them
+    a, b = table(pumps / "fleet.csv"), table(shuffled)
+    for part in ("train", "test"):
+        for key in ("unit", "time", "features"):
+            np.testing.assert_array_equal(getattr(getattr(a, part), key), getattr(getattr(b, part), key))
+    assert a.test_rul == b.test_rul
+
+
+def test_a_time_repeated_within_a_unit_names_both_rows(pumps, tmp_path):
+    path = edited(pumps, tmp_path, duplicate_time)
     with pytest.raises(GraceError) as err:
         table(path)
-    row = second_row_of(pumps, "pump-002", k)
-    message = str(err.value)
-    assert f"{path}, row {row} (line {row + 1}), column 'hours'" in message and word in message
-    assert "unit pump-002" in message and "strictly increase" in message
+    first, second = second_row_of(pumps, "pump-002", 4), second_row_of(pumps, "pump-002", 5)
+    assert (f"{path}, row {second} (line {second + 1}), column 'hours' (dataset.time): unit pump-002 has time "
+            f"{pd.read_csv(pumps / 'fleet.csv')['hours'][first - 1]:g} twice, on row {first} (line {first + 1}) and "
+            f"row {second} (line {second + 1}). Fix:") in str(err.value)
+
+
+def test_a_table_with_only_a_header_says_so(pumps, tmp_path):
+    path = edited(pumps, tmp_path, lambda f: f.iloc[:0])
+    with pytest.raises(GraceError, match=r"fleet.csv has no rows \(only a header\)\. Fix:"):
+        table(path)  # not a test_fraction problem
+    with pytest.raises(GraceError, match=r"dataset.features='temperature' is one string, not a list"):
+        table(pumps / "fleet.csv", features="temperature")  # not "column 't' is missing"
+
+
+def test_conditions_without_decimals_get_them_from_the_data_and_say_so(pumps, cmapss_dir, caplog):
+    settings = read_nasa(cmapss_dir / "train_FD002.txt")[:, 2:5]
+    assert default_decimals(settings) == [0, 2, 0]  # the config's own choice for C-MAPSS
+    with caplog.at_level(logging.INFO, logger="grace_lit"):
+        t = table(pumps / "fleet.csv", conditions=["load"], condition_mode="round", condition_decimals=[])
+    prep = t.build(t.train_units(), NONE, seed=0).preprocessing
+    assert prep.decimals == [1] and prep.keys == [[0.3], [0.6], [0.9]]  # the three load regimes
+    assert ("dataset.condition_decimals not set: conditions ['load'] rounded to [1] decimals, chosen from the "
+            "training table") in caplog.text and "3 conditions" in caplog.text
 
 
 def test_too_short_unit_names_the_unit_row_and_window(pumps, tmp_path):

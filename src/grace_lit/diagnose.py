@@ -28,9 +28,9 @@ from torch import nn
 
 from grace_lit.config import validate
 from grace_lit.console import quiet
-from grace_lit.errors import GraceError
+from grace_lit.errors import GraceError, Refused
 from grace_lit.io import atomic_write_json
-from grace_lit.train import build
+from grace_lit.train import build, discard_run_dir, refused
 
 log = logging.getLogger("grace_lit")
 
@@ -103,12 +103,18 @@ def measure_seed(cfg: DictConfig, seed: int) -> dict[str, Any]:
             "batch_cosines": list(cosine)}
 
 
-def diagnose(cfg: DictConfig) -> dict[str, Any]:
-    """Measure every seed, average (each seed weighs the same), apply the rules; the JSON-ready result."""
+def seed_verdicts(result: Mapping[str, Any]) -> list[str]:
+    """The verdict each seed's own measurement gives: when they differ the mean's verdict is not to be trusted."""
+    return [recommend(s["ratio"], s["cosine"], result["thresholds"])[0] for s in result["per_seed"]]
+
+
+def diagnose(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Measure every seed, average (each seed weighs the same), apply the rules; the JSON-ready result.
+    ``choices`` (Hydra's runtime.choices): the model the next command keeps."""
     settings = cfg.diagnose
     if len(settings.seeds) < 1 or settings.n_batches < 1:
-        raise GraceError(f"diagnose.seeds={list(settings.seeds)} and diagnose.n_batches={settings.n_batches} "
-                         f"need at least one seed and one batch. Fix: diagnose.seeds=[42,123] diagnose.n_batches=50.")
+        raise Refused(f"diagnose.seeds={list(settings.seeds)} and diagnose.n_batches={settings.n_batches} "
+                      f"need at least one seed and one batch. Fix: diagnose.seeds=[42,123] diagnose.n_batches=50.")
     if len(settings.seeds) < 2:
         log.warning("one seed only: spec 002 asks for >= 2 (a single init has about 0.1 cosine noise)")
     if settings.train_epochs > 0:
@@ -119,13 +125,17 @@ def diagnose(cfg: DictConfig) -> dict[str, Any]:
     ratio, cosine = fmean(s["ratio"] for s in per_seed), fmean(s["cosine"] for s in per_seed)
     thresholds = OmegaConf.to_container(settings.thresholds)
     verdict, rule = recommend(ratio, cosine, thresholds)
-    return {"dataset": cfg.dataset.name, "rul_loss": cfg.rul_loss.name,
-            "model": OmegaConf.to_container(cfg.model, resolve=True), "train_epochs": settings.train_epochs,
-            "train_loss": cfg.loss.name if settings.train_epochs else None,
-            "seeds": list(settings.seeds), "n_batches": settings.n_batches, "per_seed": per_seed,
-            "mean_ratio": ratio, "mean_cosine": cosine, "cosine_sem": sem(cosines), "thresholds": thresholds,
-            "verdict": verdict, "rule": rule, "next": f"python -m grace_lit.train dataset={cfg.dataset.name} "
-                                                      f"{settings.next[verdict]}"}
+    model = f"model={choices['model']} " if choices and choices.get("model") else ""
+    result = {"dataset": cfg.dataset.name, "rul_loss": cfg.rul_loss.name,
+              "model": OmegaConf.to_container(cfg.model, resolve=True), "train_epochs": settings.train_epochs,
+              "train_loss": cfg.loss.name if settings.train_epochs else None,
+              "seeds": list(settings.seeds), "n_batches": settings.n_batches, "per_seed": per_seed,
+              "mean_ratio": ratio, "mean_cosine": cosine, "cosine_sem": sem(cosines), "thresholds": thresholds,
+              "verdict": verdict, "rule": rule,
+              "next": f"python -m grace_lit.train dataset={cfg.dataset.name} {model}{settings.next[verdict]}"}
+    result["seed_verdicts"] = seed_verdicts(result)
+    result["seeds_agree"] = len(set(result["seed_verdicts"])) == 1
+    return result
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
@@ -135,13 +145,24 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     g_health = fmean(s["g_health"] for s in result["per_seed"])
     n_params = result["per_seed"][0]["n_params"]
     per_seed = ", ".join(f"{s['cosine']:+.3f}" for s in result["per_seed"])
+    verdicts = seed_verdicts(result)
+    verdict = f"verdict: {result['verdict']}  ({result['rule']})"
+    if len(set(verdicts)) > 1:  # the mean hides seeds that point different ways
+        cosines = [s["cosine"] for s in result["per_seed"]]
+        reason = "the seeds' cosines disagree in sign and" if min(cosines) < 0 < max(cosines) else "the seeds"
+        each = "; ".join(f"seed {s['seed']}: {v} at ratio {s['ratio']:.3g}, cos {s['cosine']:+.3f}"
+                         for s, v in zip(result["per_seed"], verdicts))
+        seeds = [*result["seeds"], *[n for n in range(1, 100) if n not in result["seeds"]][:2]]
+        verdict = (f"verdict: {result['verdict']} by the mean, but UNCERTAIN: {reason} give different verdicts "
+                   f"alone ({each}).\n  Measure more seeds before choosing, e.g. "
+                   f"diagnose.seeds=[{','.join(map(str, seeds))}]. The mean's rule: {result['rule']}")
     return [f"[{result['dataset']} | {len(result['seeds'])} seeds x {result['n_batches']} batches | {model} with "
             f"{n_params:,} parameters | RUL loss {result['rul_loss']} + cross-entropy on the shared parameters]",
             f"  gradient-norm ratio max/min  {result['mean_ratio']:.3g}  (mean ||g_rul|| {g_rul:.4g}, "
             f"||g_health|| {g_health:.4g})",
             f"  gradient cosine              {result['mean_cosine']:+.3f} +- {result['cosine_sem']:.3f} (SEM over "
             f"batches); per seed {per_seed}",
-            f"  verdict: {result['verdict']}  ({result['rule']})",
+            f"  {verdict}",
             f"  next: {result['next']}"]
 
 
@@ -149,9 +170,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 def main(cfg: DictConfig) -> None:
     quiet()
     try:
-        validate(cfg)
-        result = diagnose(cfg)
+        validate(cfg, HydraConfig.get())
+        result = diagnose(cfg, HydraConfig.get().runtime.choices)
     except GraceError as err:
+        if refused(err):
+            discard_run_dir(HydraConfig.get().runtime.output_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         log.error("%s", err)

@@ -3,3 +3,7 @@
 
 class GraceError(RuntimeError):
     """A problem the user can fix; the message names it and the fix."""
+
+
+class Refused(GraceError):
+    """A command refused before it read data or trained (a bad setting): it leaves no run directory behind."""

@@ -1,7 +1,8 @@
 """Dataset-independent preprocessing: operating conditions, standardisation, unit splits, cuts.
 
 ``Preprocessing`` is the fitted state a run needs to be applied to new data (feature and condition columns,
-the condition map, the scaler per condition, window and caps); it round-trips through readable JSON exactly.
+the condition map, the scaler per condition, window and caps, the operating settings' training range); it
+round-trips through readable JSON exactly.
 """
 from __future__ import annotations
 
@@ -58,8 +59,15 @@ class Preprocessing:
     radius: list[float] = field(default_factory=list)  # kmeans: largest training distance per cluster
     mean: list[list[float]] = field(default_factory=list)  # per condition, per feature
     std: list[list[float]] = field(default_factory=list)
+    # the operating-setting columns, standardised per condition or not (C-MAPSS: its three settings also when
+    # standardised globally; a table: its conditions), and [min, max] of each over the training rows, so that
+    # grace_lit.predict refuses data from operating conditions the model never saw whatever the standardisation
+    settings: list[str] = field(default_factory=list)
+    setting_range: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.settings:  # a table's settings are its conditions (and a run from before settings were kept)
+            self.settings = list(self.conditions)
         if self.conditions and self.condition_mode not in CONDITION_MODES:
             raise GraceError(f"dataset.condition_mode={self.condition_mode!r} is not one of {CONDITION_MODES}.")
         if self.conditions and self.condition_mode == "round" and len(self.decimals) != len(self.conditions):
@@ -121,6 +129,8 @@ class Preprocessing:
     def fit(self, features: np.ndarray, settings: np.ndarray) -> "Preprocessing":
         """Condition map and z-scoring per condition, from the training rows only."""
         self._fit_groups(settings)
+        if self.settings and settings.shape[1] == len(self.settings):
+            self.setting_range = np.stack([settings.min(axis=0), settings.max(axis=0)], axis=1).tolist()
         groups = self.groups(settings)
         n_groups = int(groups.max()) + 1
         self.mean = np.stack([features[groups == g].mean(axis=0) for g in range(n_groups)]).tolist()
@@ -145,6 +155,33 @@ class Preprocessing:
     @classmethod
     def from_json(cls, text: str) -> "Preprocessing":
         return cls(**json.loads(text))
+
+
+def default_decimals(settings: np.ndarray, least: float = 0.01) -> list[int | None]:
+    """Per operating-setting column, the fewest decimals (0..6, else -1..-6: tens, hundreds, ...) that give each
+    cluster of its training values one number of its own: C-MAPSS's [0, 2, 0] on FD002. A cluster: sorted values
+    without a gap wider than 1% of the column's range, holding at least ``least`` of the rows (a smaller one, a tail
+    of noise, joins its nearer neighbour). A column whose clusters no rounding keeps apart (noise at a few
+    recorded levels) is one condition, rounded to a single value; None where not even that exists."""
+    out: list[int | None] = []
+    for column in np.asarray(settings, dtype=np.float64).T:
+        values, counts = np.unique(column, return_counts=True)
+        cut = np.flatnonzero(np.diff(values) > 0.01 * (values[-1] - values[0])) + 1
+        clusters = [[values[a], values[b - 1], int(counts[a:b].sum())]
+                    for a, b in zip(np.r_[0, cut], np.r_[cut, len(values)])]
+        while len(clusters) > 1 and min(c[2] for c in clusters) < least * len(column):
+            i = min(range(len(clusters)), key=lambda k: clusters[k][2])
+            neighbours = [k for k in (i - 1, i + 1) if 0 <= k < len(clusters)]
+            j = min(neighbours, key=lambda k: clusters[max(i, k)][0] - clusters[min(i, k)][1])  # the nearer one
+            a, b = sorted((i, j))
+            clusters[a:b + 1] = [[clusters[a][0], clusters[b][1], clusters[a][2] + clusters[b][2]]]
+        low, high = np.array([c[0] for c in clusters]), np.array([c[1] for c in clusters])
+        order = [*range(0, 7), *range(-1, -7, -1)]
+        fits = [d for d in order if (np.round(low, d) == np.round(high, d)).all()
+                and (np.round(high, d)[:-1] < np.round(low, d)[1:]).all()]
+        fits = fits or [d for d in order if np.round(values[0], d) == np.round(values[-1], d)]  # one condition
+        out.append(fits[0] if fits else None)
+    return out
 
 
 def split_units(units: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

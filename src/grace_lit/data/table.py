@@ -1,8 +1,8 @@
 """Users' run-to-failure tables (CSV or Parquet): a thin loader onto the run-to-failure pipeline.
 
-One row per unit and time step, columns named in the config. Rows of different units may be interleaved, unit
-ids may be strings, time steps may be irregular; within a unit time must strictly increase. Anything else gets
-one message naming the file, the row and the column, and what to do.
+One row per unit and time step, columns named in the config. Rows may come in any order (each unit's rows are
+sorted by time), unit ids may be strings, time steps may be irregular; a time repeated within a unit is refused,
+naming both rows. Anything else gets one message naming the file, the row and the column, and what to do.
 """
 from __future__ import annotations
 
@@ -76,9 +76,12 @@ def _unit_ids(frame: pd.DataFrame, path: Path, unit: str, names: dict[str, int])
 
 def runs_from_frame(frame: pd.DataFrame, path: str | Path, unit: str, time: str, features: list[str],
                     conditions: list[str], names: dict[str, int] | None = None) -> tuple[Runs, dict[str, int]]:
-    """Validate and sort (stably by unit, keeping each unit's row order) one table. ``names`` maps string unit
-    ids to integer ids (extended with new ones); integer ids are kept as they are."""
+    """Validate and sort (by unit, then by time) one table. ``names`` maps string unit ids to integer ids
+    (extended with new ones); integer ids are kept as they are."""
     path = Path(path)
+    if len(frame) == 0:
+        raise GraceError(f"Table {path} has no rows{' (only a header)' if len(frame.columns) else ''}. Fix: give "
+                         f"one row per unit and time step under the header line.")
     roles = {unit: "dataset.unit", time: "dataset.time", **{c: "dataset.features" for c in features},
              **{c: "dataset.conditions" for c in conditions}}
     missing = [c for c in roles if c not in frame.columns]
@@ -90,17 +93,15 @@ def runs_from_frame(frame: pd.DataFrame, path: str | Path, unit: str, time: str,
     t = _numeric(frame, path, time, "dataset.time")
     values = [_numeric(frame, path, c, "dataset.features") for c in features]
     settings = [_numeric(frame, path, c, "dataset.conditions") for c in conditions]
-    order = np.argsort(codes, kind="stable")
+    order = np.lexsort((t, codes))  # by unit, then by time: rows exported from a database come in no order
     codes, t = codes[order], t[order]
-    same = codes[1:] == codes[:-1]
-    bad = np.flatnonzero(same & (t[1:] <= t[:-1]))
+    bad = np.flatnonzero((codes[1:] == codes[:-1]) & (t[1:] == t[:-1]))
     if bad.size:
-        i, before = order[bad[0] + 1], order[bad[0]]
-        kind = "repeats" if t[bad[0] + 1] == t[bad[0]] else "is before"
-        raise GraceError(f"{_where(path, i, time)} (dataset.time): time {t[bad[0] + 1]:g} of unit "
-                         f"{frame[unit].iloc[i]!s} {kind} the unit's previous time {t[bad[0]]:g} (row "
-                         f"{before + 1}). Fix: within a unit, time must strictly increase: drop duplicate rows and "
-                         f"sort each unit's rows by time.")
+        first, second = sorted((order[bad[0]], order[bad[0] + 1]))
+        line = lambda i: f" (line {i + 2})" if path.suffix.lower() == ".csv" else ""  # noqa: E731
+        raise GraceError(f"{_where(path, second, time)} (dataset.time): unit {frame[unit].iloc[second]!s} has time "
+                         f"{t[bad[0]]:g} twice, on row {first + 1}{line(first)} and row {second + 1}{line(second)}. "
+                         f"Fix: within a unit each time must be unique: drop the duplicate row, or correct its time.")
     n = len(frame)
     stack = lambda cols: np.stack(cols, axis=1)[order] if cols else np.zeros((n, 0))  # noqa: E731
     lookup = {code: name for name, code in names.items()}
@@ -138,6 +139,10 @@ class Table(RunToFailure):
                  test_seed: int, max_rul: float, window: int, stride: int, eval_stride: int,
                  health_thresholds: list[float], pad_mode: str, cap_test_rul: bool, select_metric: str,
                  sensors: list[str]):
+        for key, value in (("features", features), ("conditions", conditions)):
+            if isinstance(value, str):  # list() would read it letter by letter
+                raise GraceError(f"dataset.{key}={value!r} is one string, not a list of column names. Fix: "
+                                 f"'dataset.{key}=[{value}]' (square brackets, quoted for the shell).")
         features, conditions = list(features), list(conditions)
         if not features:
             raise GraceError("dataset.features is empty. Fix: name the feature columns, e.g. "
