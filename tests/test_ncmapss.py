@@ -173,9 +173,12 @@ def test_scaling_is_fitted_on_the_fitted_dev_units_only(synthetic, raw):
 
 def test_labels_rul_cap_thresholds_and_hs(synthetic, raw):
     r = reader(synthetic, max_rul=7)
-    test = r.build(r.train_units(), np.array([], dtype=np.int64), seed=0).test
+    splits = r.build(r.train_units(), np.array([], dtype=np.int64), seed=0)
+    test = splits.test
     y = raw["test"]["y"][raw["test"]["keep"]][test.starts.numpy() + WINDOW - 1]
     np.testing.assert_array_equal(test.rul.numpy(), np.minimum(y, 7))
+    last = test.is_last.numpy()  # the raw truth of each test unit's last window: the file's Y there, uncapped
+    assert splits.test_rul_raw == dict(zip(test.unit.numpy()[last].tolist(), y[last].astype(float).tolist()))
     np.testing.assert_array_equal(test.health.numpy(), (y < 3).astype(int) + (y < 6).astype(int))
     hs = reader(synthetic, health_labels="hs").build(r.train_units(), np.array([], dtype=np.int64), seed=0).test
     flag = raw["test"]["hs"][raw["test"]["keep"]][hs.starts.numpy() + WINDOW - 1]

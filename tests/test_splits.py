@@ -1,17 +1,21 @@
 """Unit splits: held-out cuts (protocol.val_cuts), the split seed, k-fold over units, the test-truth cap."""
 from __future__ import annotations
 
+import tarfile
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from conftest import composed
+from conftest import REPO, composed
 from grace_lit.config import validate
 from grace_lit.data.datamodule import RULDataModule
 from grace_lit.data.pipeline import RunToFailure, Runs
 from grace_lit.data.preprocess import fold_units, truncation_lengths
 from grace_lit.errors import GraceError
 from grace_lit.metrics import RMSE
+from grace_lit.results import RAW_KEYS, score_raw_truth
 from test_data import reader
 from test_presets import TINY, tiny_run
 
@@ -142,11 +146,61 @@ def test_cap_test_rul(data_cache, cmapss_dir):
     assert float(test.rul.max()) > 125 and int(test.unit.unique().numel()) == 259
 
 
+# issue 23: a model predicting exactly the capped truth, scored against the raw NASA files (RMSE, one decimal)
+RAW_GAP = {"FD002": 18.3, "FD004": 19.5}
+
+
+def nasa_rul_file(name: str) -> np.ndarray:
+    """RUL_<name>.txt read straight from the bundled archive (not through grace_lit's reader or its cache)."""
+    with tarfile.open(REPO / "src" / "grace_lit" / "resources" / "cmapss.tar.xz") as tar:
+        for member in tar:  # the RUL files come first: stop there rather than decompress the whole archive
+            if member.name.rsplit("/", 1)[-1] == f"RUL_{name}.txt":
+                return np.loadtxt(tar.extractfile(member))
+    raise AssertionError(f"RUL_{name}.txt is not in the archive")
+
+
+@pytest.mark.parametrize("name", sorted(RAW_GAP))
+def test_a_perfect_predictor_of_the_capped_truth_scored_against_the_raw_files(data_cache, name):
+    raw = nasa_rul_file(name)
+    reference = float(np.sqrt(np.mean((np.minimum(raw, 125) - raw) ** 2)))  # independent of the pipeline
+    assert round(reference, 1) == RAW_GAP[name]
+    splits = reader(data_cache, name).build(np.arange(1, 3), np.array([], dtype=np.int64), seed=0)
+    assert splits.test_rul_raw == {u + 1: float(r) for u, r in enumerate(raw)}
+    last = splits.test.is_last.numpy()
+    capped = splits.test.rul.numpy()[last]
+    predictions = pd.DataFrame({"unit": splits.test.unit.numpy()[last], "rul_true": capped, "rul_pred": capped})
+    summary = {}
+    scored = score_raw_truth(summary, predictions, splits.test_rul_raw)
+    np.testing.assert_array_equal(scored["rul_true_raw"], raw)  # one row per unit, in unit order
+    assert summary["test/rmse_last_raw"] == pytest.approx(reference, rel=1e-12)
+    # every prediction at or below the truth (d <= 0): NASA's early term exp(-d/13) - 1
+    assert summary["test/nasa_raw"] == pytest.approx(np.sum(np.exp((raw - capped) / 13.0) - 1.0), rel=1e-12)
+
+
+def test_raw_truth_of_any_run_to_failure_table():
+    """A table's test truth (dataset.test_rul, or the cut units' remaining life) is kept uncapped beside the capped
+    targets; without a raw truth the raw scores are null and predictions.csv has no raw column."""
+    splits = fleet(test_rul={9: 80.0}).build(np.array([1, 2, 3]), np.array([], dtype=np.int64), seed=0)
+    assert splits.test_rul_raw == {9: 80.0} and float(splits.test.rul[-1]) == 50.0  # max_rul=50 caps the target
+    summary = {}
+    scored = score_raw_truth(summary, pd.DataFrame({"unit": [9], "rul_true": [50.0], "rul_pred": [60.0]}),
+                             splits.test_rul_raw)
+    assert scored["rul_true_raw"].tolist() == [80.0] and summary["test/rmse_last_raw"] == pytest.approx(20.0)
+    assert summary["test/nasa_raw"] == pytest.approx(np.exp(20.0 / 13.0) - 1.0)
+    uncapped = fleet(test_rul={9: 80.0}, cap_test_rul=False).build(np.array([1, 2, 3]), np.array([], np.int64), 0)
+    assert float(uncapped.test.rul[-1]) == 80.0 == uncapped.test_rul_raw[9]  # raw and scored truth agree
+    summary = {}
+    frame = pd.DataFrame({"unit": [9], "rul_true": [50.0], "rul_pred": [60.0]})
+    assert score_raw_truth(summary, frame, {}) is frame and summary == dict.fromkeys(RAW_KEYS)
+
+
 def test_metrics_json_records_the_split(data_cache, tmp_path):
     metrics = tiny_run(["dataset=FD001", "protocol=holdout", "protocol.folds=4", "protocol.fold=1",
                         "protocol.val_cuts=3", "data.split_seed=7", *TINY], tmp_path, data_cache)
     assert (metrics["folds"], metrics["fold"], metrics["val_cuts"], metrics["split_seed"], metrics["seed"]) == (
         4, 1, 3, 7, 42)
+    assert (metrics["cap_test_rul"], metrics["max_rul"]) == (True, 125)  # what test/* were scored against
+    assert metrics["test/rmse_last_raw"] >= 0 and metrics["test/nasa_raw"] >= 0
 
 
 @pytest.mark.parametrize("override, key", [

@@ -69,9 +69,15 @@ def opening(cfg: DictConfig, trainer: L.Trainer, model_name: str, n_params: int,
         f"  model {model_name}: {n_params:,} parameters; controller {cfg.loss.name} + {cfg.rul_loss.name}, "
         f"grad_mode={cfg.grad_mode}",
         f"  device: {device_name(trainer)}{devices}, precision {trainer.precision}, "
-        f"up to {trainer.max_epochs} epochs",
+        f"up to {trainer.max_epochs} epochs; {threads_note(cfg)}",
         f"  run directory: {shown_path(Path(cfg.paths.output_dir))}",
     ))
+
+
+def threads_note(cfg: DictConfig) -> str:
+    """Where the thread count in the device line came from (config ``threads``, set by ``train.build``)."""
+    threads = cfg.get("threads")
+    return "threads=null: torch's default" if threads is None else f"threads={threads} (per process)"
 
 
 def closing(cfg: DictConfig, summary: dict[str, Any], out_dir: Path) -> str:
@@ -82,8 +88,19 @@ def closing(cfg: DictConfig, summary: dict[str, Any], out_dir: Path) -> str:
     files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in out_dir.iterdir() if not p.name.startswith(".")))
     return (f"[{cfg.dataset.name} | protocol={cfg.protocol.name}] test rmse_last={summary['test/rmse_last']:.3f} "
             f"rmse_all={summary['test/rmse_all']:.3f} nasa={summary['test/nasa']:.1f} "
-            f"({tested})\n"
+            f"({tested})\n{interval_line(summary)}"
             f"  files in {shown_path(out_dir)}{os.sep}: {files}")
+
+
+def interval_line(summary: dict[str, Any]) -> str:
+    """The test set's empirical coverage of the run's interval (or why it has none), one line."""
+    if summary.get("interval/form") is None:
+        return f"  {summary['interval/note']}\n" if summary.get("interval/note") else ""
+    coverage = summary.get("test/interval_coverage")
+    measured = "" if coverage is None else (f": test coverage {coverage:.3f}, mean width "
+                                            f"{summary['test/interval_width']:.1f}")
+    return (f"  {summary['interval/coverage']:.0%} interval ({summary['interval/form']}, calibrated on "
+            f"{summary['interval/calibration_points']} held-out cut ends){measured}\n")
 
 
 def print_config(cfg: DictConfig) -> None:

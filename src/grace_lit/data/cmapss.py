@@ -82,12 +82,12 @@ class CMAPSS(RunToFailure):
         directory = Path(data_dir).expanduser() if data_dir else ensure_extracted(cache_dir)
         self.train_table, self.test_table, rul = read_subset(directory, name)
         conditions = SETTINGS if per_condition else []
-        super().__init__(
-            name, runs(self.train_table, directory / f"train_{name}.txt", sensors, conditions),
-            runs(self.test_table, directory / f"test_{name}.txt", sensors, conditions),
+        super().__init__(  # the runs carry the settings either way (their training range goes to predict)
+            name, runs(self.train_table, directory / f"train_{name}.txt", sensors, SETTINGS),
+            runs(self.test_table, directory / f"test_{name}.txt", sensors, SETTINGS),
             {i + 1: float(r) for i, r in enumerate(rul)}, unit="unit", time="cycle",
             features=sensors, conditions=conditions, condition_mode="round",
             condition_decimals=condition_decimals if per_condition else [],
             condition_clusters=0, condition_seed=0, condition_tolerance=0.0, max_rul=max_rul, window=window,
             stride=stride, eval_stride=eval_stride, health_thresholds=health_thresholds, pad_mode=pad_mode,
-            cap_test_rul=cap_test_rul, select_metric=select_metric)
+            cap_test_rul=cap_test_rul, select_metric=select_metric, settings=SETTINGS)

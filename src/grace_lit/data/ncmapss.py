@@ -235,4 +235,6 @@ class NCMAPSS:
                if len(val_units) else None)
         test_units = np.unique(self.test.unit)
         test = WindowSet(self._series(self.test, test_units, prep, test=True), stride=self.eval_stride, **windows)
-        return Splits(train, val, test, prep)
+        last = [r.stop - 1 for r in unit_slices(self.test.unit)]  # the file's Y (uncapped) at each unit's last row
+        raw = {int(self.test.unit[i]): float(self.test.rul[i]) for i in last}
+        return Splits(train, val, test, prep, test_rul_raw=raw)

@@ -6,13 +6,16 @@ come from here only. Knows nothing of Lightning; the DataModule decides which un
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from grace_lit.data.preprocess import Preprocessing, split_units, truncation_lengths, unit_slices
+from grace_lit.data.preprocess import Preprocessing, default_decimals, split_units, truncation_lengths, unit_slices
 from grace_lit.data.windows import UnitSeries, WindowSet
 from grace_lit.errors import GraceError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,7 +30,7 @@ class Runs:
     unit: np.ndarray  # (rows,) int64
     time: np.ndarray  # (rows,)
     features: np.ndarray  # (rows, features)
-    conditions: np.ndarray  # (rows, conditions); (rows, 0) when standardised globally
+    conditions: np.ndarray  # (rows, settings): the operating settings (C-MAPSS: also when standardised globally)
     row: np.ndarray  # (rows,) int64
     names: dict[int, str] = field(default_factory=dict)  # unit id -> the table's own id, when that is a string
 
@@ -49,6 +52,9 @@ class Splits:
     test: WindowSet
     preprocessing: Preprocessing | None = None
     unit_names: dict[int, str] = field(default_factory=dict)  # test unit id -> the table's own id (a string)
+    # test unit id -> its true RUL after its last row, never capped (C-MAPSS: the RUL_FD00x file's value): the
+    # truth of each unit's last window that metrics.json's test/*_raw scores use beside the capped test/* ones
+    test_rul_raw: dict[int, float] = field(default_factory=dict)
 
 
 def cut_test_units(runs: Runs, fraction: float, seed: int, window: int) -> tuple[Runs, Runs, dict[int, float]]:
@@ -77,19 +83,42 @@ class RunToFailure:
                  features: list[str], conditions: list[str], condition_mode: str, condition_decimals: list[int],
                  condition_clusters: int, condition_seed: int, condition_tolerance: float, max_rul: float,
                  window: int, stride: int, eval_stride: int, health_thresholds: list[float], pad_mode: str,
-                 cap_test_rul: bool, select_metric: str):
+                 cap_test_rul: bool, select_metric: str, settings: list[str] | None = None):
+        """``settings``: the columns of the runs' ``conditions`` (default: ``conditions``); per-condition
+        standardisation uses them when ``conditions`` names them, and their training range is kept either way."""
         missing = sorted(set(test.unit.tolist()) - set(test_rul))
         if missing:
             raise GraceError(f"{test.path}: test unit {test.name(missing[0])} has no remaining life after its last "
                              f"row. Fix: give every test unit a row in dataset.test_rul.")
         self.name, self.train, self.test, self.test_rul = name, train, test, test_rul
         self.stride, self.select_metric = stride, select_metric
+        if conditions and condition_mode == "round" and not condition_decimals:
+            condition_decimals = self._default_decimals(list(conditions))
         self.spec = dict(unit=unit, time=time, features=list(features), conditions=list(conditions),
                          condition_mode=condition_mode, decimals=list(condition_decimals),
                          clusters=condition_clusters, seed=condition_seed, tolerance=condition_tolerance,
                          window=window, eval_stride=eval_stride, pad_mode=pad_mode, max_rul=max_rul,
-                         cap_test_rul=cap_test_rul, health_thresholds=list(health_thresholds))
+                         cap_test_rul=cap_test_rul, health_thresholds=list(health_thresholds),
+                         settings=list(settings if settings is not None else conditions))
         Preprocessing(**self.spec)  # checks the condition settings before any fitting
+
+    def _default_decimals(self, conditions: list[str]) -> list[int]:
+        """dataset.condition_decimals left empty: chosen from the training table's settings, and said."""
+        settings = self.train.conditions
+        decimals = default_decimals(settings)
+        if None in decimals:
+            i = decimals.index(None)
+            raise GraceError(f"dataset.conditions={conditions} without dataset.condition_decimals: no rounding "
+                             f"groups the training values of {conditions[i]!r} (from {settings[:, i].min():g} to "
+                             f"{settings[:, i].max():g}) into conditions. Fix: dataset.condition_mode=kmeans with "
+                             f"dataset.condition_clusters=<the number of regimes>, or give "
+                             f"dataset.condition_decimals=[...] (one per condition column).")
+        rounded = np.stack([np.round(settings[:, i], d) for i, d in enumerate(decimals)], axis=1)
+        log.info("dataset.condition_decimals not set: conditions %s rounded to %s decimals, chosen from the training "
+                 "table (the fewest that keep each cluster of its values apart): %d conditions. Set "
+                 "dataset.condition_decimals=[...] to choose them.", conditions, decimals,
+                 len(np.unique(rounded, axis=0)))
+        return decimals
 
     @property
     def n_features(self) -> int:
@@ -124,7 +153,8 @@ class RunToFailure:
             val = WindowSet(series(held, prep, test=True, cuts=cuts), stride=prep.eval_stride, **windows)
         test = WindowSet(series(self.test, prep, test=True, after_last=self.test_rul), stride=prep.eval_stride,
                          **windows)
-        return Splits(train, val, test, prep, self.test.names)
+        raw = {int(u): float(self.test_rul[int(u)]) for u in np.unique(self.test.unit)}
+        return Splits(train, val, test, prep, self.test.names, raw)
 
 
 def series(runs: Runs, prep: Preprocessing, test: bool, after_last: dict[int, float] | None = None,
