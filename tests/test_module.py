@@ -184,8 +184,8 @@ def attached(fn: TrainerFn) -> GraceModule:
 
 
 def test_checkpoint_carries_skips_wall_time_and_the_rng_into_a_resume():
-    """What a checkpoint adds to the weights: the non-finite skip count, the wall time so far (a resumed run adds
-    its own), and the RNG states the next epoch draws from. ``trainer.test`` on a checkpoint restores neither the
+    """What a checkpoint adds to the weights: the non-finite skip count, the wall and CPU time so far (a resumed
+    run adds its own), and the RNG states the next epoch draws from. ``trainer.test`` on a checkpoint restores neither the
     clock nor the RNG."""
     saving = attached(TrainerFn.FITTING)
     checkpoint: dict = {}
@@ -196,8 +196,10 @@ def test_checkpoint_carries_skips_wall_time_and_the_rng_into_a_resume():
     assert checkpoint["nonfinite_skips"] == 3 and 0 <= checkpoint["wall_time_s"] < 0.5  # a fresh run's clock
 
     saving.prior_wall_time_s, saving._clock_start = 100.0, time.time() - 5.0
+    saving.prior_cpu_time_s, saving._cpu_start = 50.0, time.process_time() - 2.0
     saving.on_save_checkpoint(later := {})
     assert later["wall_time_s"] == pytest.approx(105.0, abs=0.5)
+    assert later["cpu_time_s"] == pytest.approx(52.0, abs=0.5)
 
     tested = attached(TrainerFn.TESTING)
     tested.on_load_checkpoint(checkpoint)
@@ -205,14 +207,14 @@ def test_checkpoint_carries_skips_wall_time_and_the_rng_into_a_resume():
     assert not torch.equal(torch.rand(4), drawn)  # the RNG was left alone
 
     resumed = attached(TrainerFn.FITTING)
-    resumed.on_load_checkpoint({**checkpoint, "wall_time_s": 42.0})
-    assert resumed.nonfinite.skips == 3 and resumed.prior_wall_time_s == 42.0
+    resumed.on_load_checkpoint({**checkpoint, "wall_time_s": 42.0, "cpu_time_s": 21.0})
+    assert resumed.nonfinite.skips == 3 and (resumed.prior_wall_time_s, resumed.prior_cpu_time_s) == (42.0, 21.0)
     assert torch.equal(torch.rand(4), drawn)  # the draws continue where the saved run's did
 
     older = attached(TrainerFn.FITTING)
     older.nonfinite.skips = 9
     older.on_load_checkpoint({})  # a checkpoint from before these extras
-    assert older.nonfinite.skips == 0 and older.prior_wall_time_s == 0.0
+    assert older.nonfinite.skips == 0 and older.prior_wall_time_s == older.prior_cpu_time_s == 0.0
 
 
 class ScriptedMetric(L.Callback):
@@ -245,3 +247,60 @@ def test_logged_lr_is_the_one_the_epoch_used(tmp_path):
     logged = pd.read_csv(next(tmp_path.rglob("metrics.csv"))).dropna(subset=["lr"]).set_index("epoch")["lr"]
     assert script.used == {0: 0.01, 1: 0.01, 2: 0.005, 3: 0.0025}  # by hand: a cut after epochs 1 and 2
     assert logged.to_dict() == pytest.approx(script.used, rel=1e-6)  # logged as float32
+
+
+class HeldOutData(L.LightningDataModule):
+    """What GraceModule reads of RULDataModule after a test: ``splits.val`` (held-out sequences: unit 1 cut twice,
+    unit 2 once) and ``eval_batch_size`` (3: the held-out windows span several batches)."""
+
+    def __init__(self, with_held_out: bool):
+        super().__init__()
+        rng = np.random.default_rng(2)
+        rows = {u: rng.normal(size=(12, 3)).astype(np.float32) for u in (1, 2)}
+        rul = np.linspace(100, 0, 12).astype(np.float32)
+        cuts = [UnitSeries(u, rows[u][:n], rul[:n]) for u, n in ((1, 7), (1, 10), (2, 6))]
+        held = WindowSet(cuts, window=5, stride=1, pad_mode="edge", health_thresholds=[30, 70]) if with_held_out \
+            else None
+        self.splits = SimpleNamespace(train=tiny_batch(), val=held, test=tiny_batch())
+        self.eval_batch_size = 3
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits.train, batch_size=8, collate_fn=batch_as_is)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits.test, batch_size=16, collate_fn=batch_as_is)
+
+
+@pytest.mark.parametrize("with_held_out", [True, False])
+def test_held_out_windows_are_scored_by_the_tested_weights(with_held_out):
+    """calibration.csv's rows: every held-out window scored by the weights ``trainer.test`` scored (EMA shadow
+    in, not the live weights), each window named by unit, cut and last row; none without held-out units."""
+    from grace_lit.callbacks.ema import EMAWeights
+    data, ema = HeldOutData(with_held_out), EMAWeights(decay=0.5)
+    module = GraceModule(tiny_model(), GABA(warmup_steps=0), WMSE(125.0), partial(torch.optim.SGD, lr=0.5),
+                         grad_clip=1.0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, precision="64-true", logger=False, callbacks=[ema],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    trainer.test(module, datamodule=data, verbose=False)
+    frame = module.held_out_predictions
+    if not with_held_out:
+        assert frame is None
+        return
+    held = data.splits.val
+    module.eval()  # trainer.test hands the module back in training mode
+    with torch.no_grad():
+        x = held.__getitems__(list(range(len(held))))[0].double()
+        live = module.model(x)[0].numpy()
+        ema.swap_in(module)
+        shadow = module.model(x)[0].numpy()
+        ema.swap_out(module)
+    assert np.abs(shadow - live).max() > 1e-6  # the two weight sets differ, so the check below tells them apart
+    np.testing.assert_allclose(frame["rul_pred"], shadow, rtol=0, atol=1e-12)
+    assert list(frame.columns) == ["unit", "cut", "row", "rul_true", "rul_pred", "is_last"]
+    assert frame["unit"].tolist() == [1] * 3 + [1] * 6 + [2] * 2  # 7, 10 and 6 rows: 3, 6 and 2 windows of 5
+    assert frame["cut"].tolist() == [0] * 3 + [1] * 6 + [0] * 2
+    assert frame["row"].tolist() == [5, 6, 7, 5, 6, 7, 8, 9, 10, 5, 6]
+    assert frame.loc[frame.is_last, "row"].tolist() == [7, 10, 6]
+    np.testing.assert_array_equal(frame["rul_true"], held.rul.numpy())

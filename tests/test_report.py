@@ -85,7 +85,7 @@ def test_table_means_and_sample_stds(sweep: Path, capsys):
 
     text = (sweep / "report.md").read_text()
     assert text == capsys.readouterr().out.split("\n-> ")[0]  # printed as written
-    tables = [line for line in text.splitlines() if line.startswith("### ")]
+    tables = [line for line in text.split("## Paired")[0].splitlines() if line.startswith("### ")]
     assert tables == ["### FD001 (protocol=holdout)", "### FD001 (protocol=paper)"]
     assert f"Selection: {SELECTION['paper']}." in text and f"Selection: {SELECTION['holdout']}." in text
     assert ("| gaba | wmse | model=small | 3 | 1 2 3 | 13.000 ± 3.606 | 18.000 ± 3.606 | 300.0 ± 100.0 | "
@@ -126,6 +126,41 @@ def test_committed_results_regenerate_byte_for_byte_from_another_checkout(tmp_pa
             assert str(REPO) not in path.read_text() and "/work/" not in path.read_text(), path
 
 
+def test_test_truth_and_gabas_floor_from_the_run_folders(tmp_path: Path):
+    """The cap of the test truth: metrics.json's, else the saved config's, else none recorded (an old run, which
+    capped); a table mixing them gets a column. GABA's floor from controller_log.csv and the config's
+    min_weight; the Friedman section refuses two arms in one line."""
+    config = ("dataset: {{name: FD001, max_rul: 125, cap_test_rul: {cap}}}\n"
+              "loss: {{name: {loss}, controller: {{min_weight: 0.05, warmup_steps: 100}}}}\n")
+    weights = [0.5, 0.3, 0.0476, 0.0477]  # steps 50, 100, 150, 200: the floored weight reads 0.05 / 1.05
+    for seed in (1, 2):
+        for loss, cap, recorded in (("gaba", "true", None), ("amnl", "true", False)):  # metrics.json wins
+            run = write_run(tmp_path, f"{loss}_{seed}", protocol="holdout", loss=loss, seed=seed,
+                            **({} if recorded is None else {"cap_test_rul": recorded}),
+                            **metrics(15.0 + seed, 300.0, 0.8, 3, 10.0))
+            (run / ".hydra").mkdir()
+            (run / ".hydra" / "config.yaml").write_text(config.format(cap=cap, loss=loss))
+            (run / "controller_log.csv").write_text("epoch,step,weight_rul,weight_health\n" + "".join(
+                f"{e},{50 * (e + 1)},{w},{1 - w}\n" for e, w in enumerate(weights[:4 - seed + 1])))
+    write_run(tmp_path, "old", protocol="holdout", loss="dwa", seed=1, **metrics(18.0, 300.0, 0.8, 3, 10.0))
+    main([str(tmp_path), "--no-plots"])
+    runs = pd.read_csv(tmp_path / "runs.csv").set_index("run")
+    assert runs.loc["gaba_1", "cap_test_rul"] and not runs.loc["amnl_1", "cap_test_rul"]
+    assert pd.isna(runs.loc["old", "cap_test_rul"]) and runs.loc["gaba_1", "max_rul"] == 125
+    text = (tmp_path / "report.md").read_text()
+    assert ("Protocol: holdout. Test truth differs (see the test truth column): capped at 125 in 2 runs, capped at "
+            "max_rul in 1 runs, not capped in 2 runs; 1 of them record no dataset.cap_test_rul") in text
+    assert "| amnl | wmse | model=small | not capped | 2 | 1 2 | 16.500 ± 0.707 |" in text
+    assert "| gaba | wmse | model=small | capped at 125 | 2 | 1 2 | 16.500 ± 0.707 |" in text
+    assert "Friedman test not run: it needs at least 3 arms and 2 blocks" in text
+    floor = text.split("## GABA's RUL weight over training")[1]
+    assert "Test truth: capped at 125 in every GABA run (2 runs)." in floor
+    # seed 1: four epochs, two at the floor (from epoch 2); seed 2: three, one; after the warmup (epochs that
+    # began at step 100 or later: the third and fourth) 0.0476 to 0.0477
+    assert ("| holdout | FD001 | gaba + wmse [model=small] | 0.05 | 2 | 1 2 | 3/7 epochs (43%) | 2 | 0.0476–0.0477 "
+            "| no (0 of 2 runs) |") in floor
+
+
 def test_no_runs_is_a_clear_error(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--no-plots"])
@@ -161,7 +196,9 @@ def test_every_plot_is_a_non_empty_png(tiny_run: Path, data_cache):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "### FD001 (protocol=paper)" in done.stdout and "warning: plots of" not in done.stderr
-    for path in [tiny_run / "report_paper.png", *(tiny_run / "plots" / name for name in RUN_PLOTS)]:
+    assert "## GABA's RUL weight over training" in done.stdout and "report_gaba_weights_paper.png" in done.stdout
+    for path in [tiny_run / "report_paper.png", tiny_run / "report_gaba_weights_paper.png",
+                 *(tiny_run / "plots" / name for name in RUN_PLOTS)]:
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, path
 
@@ -178,3 +215,15 @@ def test_replay_reproduces_the_scored_predictions(tiny_run: Path, data_cache, mo
     assert (last.rul_pred - scored.rul_pred.reindex(last.index)).abs().max() < 1e-4
     for _, rows in windows.groupby("unit"):  # every window, one cycle apart (eval_stride 1), the last at 0
         assert rows.cycle.tolist() == list(range(1 - len(rows), 1)) and len(rows) > 30
+
+
+def test_the_scores_against_the_raw_truth_stand_beside_the_capped_ones(tmp_path: Path):
+    for seed, (capped, raw) in enumerate([(13.0, 20.0), (15.0, 24.0)], start=1):
+        write_run(tmp_path, f"run_{seed}", seed=seed, cap_test_rul=True, max_rul=125,
+                  **metrics(capped, 300.0, 0.5, 3, 10.0), **{"test/rmse_last_raw": raw, "test/nasa_raw": 900.0})
+    main([str(tmp_path), "--no-plots"])
+    row = pd.read_csv(tmp_path / "report.csv").iloc[0]
+    assert (row.rmse_last_mean, row.rmse_last_raw_mean, row.nasa_raw_mean) == (14.0, 22.0, 900.0)
+    text = (tmp_path / "report.md").read_text()
+    assert "test RMSE vs raw truth (last window) | test NASA score vs raw truth |" in text
+    assert "| 14.000 ± 1.414 | 19.000 ± 1.414 | 300.0 ± 0.0 | 0.500 ± 0.000 | 22.000 ± 2.828 | 900.0 ± 0.0 |" in text

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import partial
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
+from grace_lit.data.windows import WindowSet
 from grace_lit.distributed import average_across_ranks
 from grace_lit.errors import GraceError
 from grace_lit.gradients import GradientStep
@@ -47,9 +49,11 @@ class GraceModule(L.LightningModule):
             "health_acc": Accuracy(last_only=True), "health_acc_all": Accuracy(last_only=False),
         })
         self.prior_wall_time_s = 0.0  # of the runs this one resumed, up to their last checkpoint
-        self._clock_start = time.time()
+        self.prior_cpu_time_s = 0.0
+        self._clock_start, self._cpu_start = time.time(), time.process_time()
         self._cycle_losses: list[torch.Tensor] = []  # the synced losses of this accumulation cycle's batches
         self.test_predictions: pd.DataFrame | None = None
+        self.held_out_predictions: pd.DataFrame | None = None  # protocol=holdout: calibration.csv
         self._predictions: list[torch.Tensor] = []
 
     # ----------------------------------------------------------------- optimisation
@@ -154,12 +158,30 @@ class GraceModule(L.LightningModule):
         if not self.controller.trains_health:
             frame["health_pred"] = pd.NA
         self.test_predictions = frame
+        self.held_out_predictions = self._held_out_predictions()
+
+    def _held_out_predictions(self) -> pd.DataFrame | None:
+        """Every held-out window (protocol=holdout) scored by the weights the test set was just scored with (the
+        selected checkpoint, EMA shadow still swapped in: this runs before the callbacks' ``on_test_end``), with the
+        test step's input conversion and precision context. None without held-out units (protocol=paper)."""
+        held = getattr(getattr(getattr(self.trainer, "datamodule", None), "splits", None), "val", None)
+        if held is None:
+            return None
+        size, precision = self.trainer.datamodule.eval_batch_size, self.trainer.precision_plugin
+        preds = []
+        with torch.no_grad(), precision.test_step_context():
+            for start in range(0, len(held), size):
+                index = torch.arange(start, min(start + size, len(held)), device=held.starts.device)
+                preds.append(self.model(precision.convert_input(held.__getitems__(index)[0]))[0])
+        rul_pred = torch.cat(preds)
+        return held_out_frame(held, rul_pred.to(torch.promote_types(rul_pred.dtype, torch.float32)).cpu().numpy())
 
     # ----------------------------------------------------------------- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.check()  # before the file is written
         checkpoint["nonfinite_skips"] = self.nonfinite.skips
         checkpoint["wall_time_s"] = self.prior_wall_time_s + time.time() - self._clock_start
+        checkpoint["cpu_time_s"] = self.prior_cpu_time_s + time.process_time() - self._cpu_start
         # saved at the epoch end, after the evaluation: what the next epoch's shuffle and dropout draw from
         checkpoint["rng_states"] = _collect_rng_states()
 
@@ -167,4 +189,17 @@ class GraceModule(L.LightningModule):
         self.nonfinite.skips = checkpoint.get("nonfinite_skips", 0)
         if self.trainer.state.fn == TrainerFn.FITTING and "rng_states" in checkpoint:  # resume, not trainer.test
             self.prior_wall_time_s = checkpoint["wall_time_s"]
+            self.prior_cpu_time_s = checkpoint.get("cpu_time_s", 0.0)  # absent from checkpoints before it existed
             _set_rng_states(checkpoint["rng_states"])  # nothing draws again before the train loader's iterator
+
+
+def held_out_frame(held: WindowSet, rul_pred: np.ndarray) -> pd.DataFrame:
+    """One row per held-out window: unit, cut (0 .. protocol.val_cuts - 1: which seeded cut of the unit the
+    window's sequence is), row (the window's last row within the unit, 1-based), rul_true, rul_pred, is_last (the
+    cut's last window: what a test unit's last window is scored like)."""
+    is_last = held.is_last.cpu().numpy()
+    unit = held.unit.cpu().numpy()
+    sequence = np.cumsum(is_last) - is_last  # sequences are contiguous; each ends at its is_last window
+    first = pd.Series(sequence).groupby(unit).transform("min").to_numpy()
+    return pd.DataFrame({"unit": unit, "cut": sequence - first, "row": held.end_row + 1,
+                         "rul_true": held.rul.cpu().numpy(), "rul_pred": rul_pred, "is_last": is_last})

@@ -3,18 +3,24 @@
 Every run directory under the given paths (one holding ``metrics.json``, or a ``.hydra`` folder of a training
 job) becomes one row of ``runs.csv``: completed, failed (with its error) or unfinished (no ``metrics.json``:
 still running, killed or crashed). Completed runs are grouped by (protocol, dataset, controller, RUL loss,
-variant) and summarised over seeds as mean and *sample* standard deviation (ddof=1; empty for a single seed).
+variant, test truth) and summarised over seeds as mean and *sample* standard deviation (ddof=1; empty for a single
+seed). The test truth says whether the test RUL was capped at ``max_rul`` like the training targets
+(``cap_test_rul`` from metrics.json, else ``dataset.cap_test_rul`` from the run's saved config; runs older than
+that option always capped): every table states it beside its protocol.
 The variant is the run's remaining command-line overrides (``model=small trainer.max_epochs=2``,
 ``experiment=ablation_no_ema``), so runs with different settings are never averaged together.
 
 Written to ``--out`` (default: the directory given, or the common parent of several): ``report.csv``,
 ``report.md`` (one table per protocol and dataset, each naming its protocol and selection rule, then the
-failed and unfinished runs, then the paired comparisons of ``grace_lit.stats``), ``paired.csv``, ``runs.csv``,
-``report_<protocol>.png``; and each run's figures in ``<run>/plots/``.
+failed and unfinished runs, then the paired comparisons of ``grace_lit.stats``, its Friedman test over the arms and
+GABA's RUL weight against its floor), ``paired.csv``, ``runs.csv``, ``report_<protocol>.png``,
+``report_cd_<protocol>.png`` (critical-difference diagram), ``report_gaba_weights_<protocol>.png``; and each run's
+figures in ``<run>/plots/``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -27,16 +33,21 @@ from omegaconf import OmegaConf
 
 from grace_lit.errors import GraceError
 from grace_lit.io import atomic_write_csv, atomic_write_text
+from grace_lit.stats import (FLOOR_KEYS, arm_label, figure_key, floor_markdown, floor_summary, floor_table,
+                             friedman_markdown, friedman_tests, paired_comparisons, rank_table, truth_note,
+                             with_truth)
 from grace_lit.stats import markdown as paired_markdown
-from grace_lit.stats import paired_comparisons, rank_table
 
-GROUP = ("protocol", "dataset", "loss", "rul_loss", "variant")
+GROUP = ("protocol", "dataset", "loss", "rul_loss", "variant", "test_truth")
 # metrics.json key -> (column stem, Markdown heading, number format)
 METRICS = {
     "test/rmse_last": ("rmse_last", "test RMSE (last window)", ".3f"),
     "test/rmse_all": ("rmse_all", "test RMSE (all windows)", ".3f"),  # DS02's headline (three test units)
     "test/nasa": ("nasa", "test NASA score", ".1f"),
     "test/health_acc": ("health_acc", "test health acc.", ".3f"),
+    # the same last windows against the raw truth (the RUL_FD00x files, never capped; equal under cap_test_rul=false)
+    "test/rmse_last_raw": ("rmse_last_raw", "test RMSE vs raw truth (last window)", ".3f"),
+    "test/nasa_raw": ("nasa_raw", "test NASA score vs raw truth", ".1f"),
     "best_epoch": ("best_epoch", "best epoch", ".1f"),
     "wall_time_s": ("wall_time_s", "wall time (s)", ".1f"),
 }
@@ -83,6 +94,27 @@ def variant(overrides: Sequence[str]) -> str:
     return " ".join(sorted(kept))
 
 
+@functools.lru_cache(maxsize=4096)
+def _load_config(path: str, mtime_ns: int) -> Any:
+    return OmegaConf.load(path)
+
+
+def saved_config(path: Path) -> Any:
+    """The config Hydra saved for a run (None without one); loaded once per file version and shared: read only."""
+    saved = path / ".hydra" / "config.yaml"
+    return _load_config(str(saved.resolve()), saved.stat().st_mtime_ns) if saved.is_file() else None
+
+
+def config_value(cfg: Any, key: str) -> Any:
+    return None if cfg is None else OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+
+
+def test_truth_fields(metrics: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """``cap_test_rul`` and ``max_rul`` of a run: metrics.json's, else its saved config's (None: not recorded)."""
+    return {k: metrics[k] if metrics.get(k) is not None else config_value(cfg, f"dataset.{k}")
+            for k in ("cap_test_rul", "max_rul")}
+
+
 def config_identity(path: Path) -> dict[str, Any]:
     """What an unfinished run was meant to be, from the config Hydra saved at its start."""
     saved = path / ".hydra" / "config.yaml"
@@ -109,6 +141,7 @@ def load_run(path: Path) -> dict[str, Any]:
             metrics = {"status": "unreadable", "error": f"{metrics_path}: {err}"}
     row = {"run": str(path), "status": metrics.get("status", "unreadable"),
            **{k: metrics.get(k) for k in ("protocol", "selection", "dataset", "loss", "rul_loss", "seed", "fold")},
+           **test_truth_fields(metrics, saved_config(path)),
            "variant": variant(run_overrides(path, metrics)),
            **{k: metrics.get(k) for k in METRICS}, "error": metrics.get("error")}
     return row
@@ -130,7 +163,7 @@ def collect(paths: Iterable[Path], out: Path) -> pd.DataFrame:
 # ------------------------------------------------------------------ aggregating
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per group of completed runs: n runs, n distinct seeds, mean and sample std (ddof=1) per metric."""
-    done = runs[runs["status"] == "completed"].copy()
+    done = with_truth(runs[runs["status"] == "completed"])
     done[list(GROUP)] = done[list(GROUP)].fillna("?").astype(str)
     rows = []
     for key, group in done.groupby(list(GROUP), sort=True):
@@ -168,17 +201,24 @@ def markdown(table: pd.DataFrame, runs: pd.DataFrame) -> str:
     parts = ["# Results", "",
              "Mean ± sample standard deviation (ddof=1) over seeds; one seed shows the mean alone, — marks a "
              "metric the controller does not produce. Test metrics are those of the selected checkpoint; "
-             "NASA score is summed over test units."]
+             "NASA score is summed over test units. Every table names the protocol that produced it and its test "
+             "truth: capped at max_rul like the training targets (dataset.cap_test_rul=true, the default; runs "
+             "older than that option always capped) or not capped."]
     for protocol, by_protocol in table.groupby("protocol", sort=True):
         parts += ["", f"## protocol={protocol}", "", f"Selection: {by_protocol['selection'].iloc[0]}."]
         show_variant = (by_protocol["variant"] != "").any()
         for dataset, rows in by_protocol.groupby("dataset", sort=True):
-            header = ["controller", "RUL loss", *(["variant"] if show_variant else []), "runs", "seeds",
-                      *(h for _, h, _ in METRICS.values())]
-            body = [[r.loss, r.rul_loss, *([r.variant or "(defaults)"] if show_variant else []), r.n_runs, r.seeds,
+            mixed = rows["test_truth"].nunique() > 1
+            header = ["controller", "RUL loss", *(["variant"] if show_variant else []),
+                      *(["test truth"] if mixed else []), "runs", "seeds", *(h for _, h, _ in METRICS.values())]
+            body = [[r.loss, r.rul_loss, *([r.variant or "(defaults)"] if show_variant else []),
+                     *([r.test_truth] if mixed else []), r.n_runs, r.seeds,
                      *(mean_std(r[f"{s}_mean"], r[f"{s}_std"], f) for s, _, f in METRICS.values())]
                     for _, r in rows.iterrows()]
-            parts += ["", f"### {dataset} (protocol={protocol})", "", md_table(header, body)]
+            shown = runs[(runs["status"] == "completed") & (runs["protocol"].astype(str) == protocol)
+                         & (runs["dataset"].astype(str) == dataset)]
+            parts += ["", f"### {dataset} (protocol={protocol})", "",
+                      f"Protocol: {protocol}. {truth_note(shown)}", "", md_table(header, body)]
             repeated = rows[rows["n_runs"] > rows["n_seeds"]]
             if len(repeated):
                 parts += ["", f"Note: {', '.join(repeated['loss'])} include repeated seeds (n runs > n seeds)."]
@@ -193,25 +233,82 @@ def markdown(table: pd.DataFrame, runs: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
+# ------------------------------------------------------------------ GABA's weights
+def gaba_logs(runs: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
+    """Every completed GABA run with a controller_log.csv and a recorded ``loss.controller.min_weight``: one row of
+    ``floor_summary`` per run (with FLOOR_KEYS, seed, fold; the arm's variant as in the tables), and its log by
+    row index (for the figure)."""
+    done = with_truth(runs[(runs["status"] == "completed") & (runs["loss"] == "gaba")])
+    rows, logs = [], {}
+    for r in done.itertuples():
+        path = out / r.run
+        cfg = saved_config(path)
+        min_weight = config_value(cfg, "loss.controller.min_weight")
+        if not (path / "controller_log.csv").is_file() or min_weight is None:
+            continue
+        log = pd.read_csv(path / "controller_log.csv")
+        if "weight_rul" not in log:
+            continue
+        variant_ = " ".join(o for o in str(r.variant or "").split() if not o.startswith("protocol.fold="))
+        logs[len(rows)] = log
+        rows.append({"protocol": r.protocol, "test_truth": r.test_truth,
+                     "cap_test_rul": getattr(r, "cap_test_rul", None), "max_rul": getattr(r, "max_rul", None),
+                     "dataset": r.dataset,
+                     "arm": arm_label(r.loss, r.rul_loss, variant_), "min_weight": float(min_weight),
+                     "seed": r.seed, "fold": 0 if pd.isna(r.fold) else int(r.fold),
+                     **floor_summary(log, float(min_weight), config_value(cfg, "loss.controller.warmup_steps"))})
+    return pd.DataFrame(rows, columns=[*FLOOR_KEYS, "seed", "fold"] if not rows else None), logs
+
+
 # ------------------------------------------------------------------ CLI
 def default_out(paths: Sequence[Path]) -> Path:
     return paths[0] if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))
+
+
+def figure_name(stem: str, protocol: str, truth: str, truths: int) -> str:
+    """``<stem>_<protocol>.png``; the test truth joins the name only where a protocol has several."""
+    suffix = "" if truths == 1 else "_" + "".join(c if c.isalnum() else "_" for c in truth)
+    return f"{stem}_{protocol}{suffix}.png"
 
 
 def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool, reference: str = "gaba") -> str:
     runs = collect(paths, out)
     table = summarize(runs)
     paired = paired_comparisons(runs, reference)  # grace_lit.stats: each controller against the reference
-    text = markdown(table, runs) + paired_markdown(paired, rank_table(runs), reference, "test/rmse_last", md_table)
+    tests = friedman_tests(runs, "test/rmse_last")
+    per_protocol = pd.Series([t["protocol"] for t in tests]).value_counts()
+    cd_figures = {figure_key(t): figure_name("report_cd", t["protocol"], t["test_truth"], per_protocol[t["protocol"]])
+                  for t in tests if not t["refused"]}
+    floors, logs = gaba_logs(runs, out)
+    weight_figures = {}
+    for (protocol, truth), rows in (floors.groupby(["protocol", "test_truth"], sort=True) if len(floors) else []):
+        weight_figures[(protocol, truth)] = (rows, figure_name("report_gaba_weights", protocol, truth,
+                                                               floors.loc[floors["protocol"] == protocol,
+                                                                          "test_truth"].nunique()))
+    text = (markdown(table, runs)
+            + paired_markdown(paired, rank_table(runs), reference, "test/rmse_last", md_table)
+            + friedman_markdown(tests, "test/rmse_last", md_table, cd_figures if plots else None)
+            + floor_markdown(floor_table(floors) if len(floors) else pd.DataFrame(),
+                             truth_note(floors, "GABA run") if len(floors) else "", md_table,
+                             [name for _, name in weight_figures.values()] if plots else None))
     atomic_write_csv(out / "runs.csv", runs)
     atomic_write_csv(out / "report.csv", table)
     atomic_write_csv(out / "paired.csv", paired)
     atomic_write_text(out / "report.md", text)
     if plots:
-        from grace_lit.plots import plot_run, sweep_bars  # matplotlib only when plotting
+        from grace_lit.plots import cd_diagram, plot_run, sweep_bars, weight_floor  # matplotlib only when plotting
 
         for protocol, rows in table.groupby("protocol"):
             sweep_bars(rows, protocol, out / f"report_{protocol}.png")
+        for test in tests:
+            if not test["refused"]:
+                cd_diagram(test["mean_ranks"], test["cd"], test["groups"],
+                           f"protocol={test['protocol']}, test truth {test['test_truth']}: Friedman p = "
+                           f"{test['p']:.3g}, k = {test['k']} arms, N = {test['n_blocks']} blocks",
+                           out / cd_figures[figure_key(test)])
+        for (protocol, truth), (rows, name) in weight_figures.items():
+            weight_floor(rows, {i: logs[i] for i in rows.index},
+                         f"protocol={protocol}: GABA's RUL weight per epoch (epoch means)", out / name)
         for run in runs["run"]:
             try:
                 plot_run(out / run, trajectory_units)

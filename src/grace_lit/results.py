@@ -1,4 +1,5 @@
-"""What a run leaves behind: ``metrics.json`` (always naming its protocol) and ``predictions.csv``."""
+"""What a run leaves behind: ``metrics.json`` (always naming its protocol), ``predictions.csv`` and, under
+protocol=holdout, ``calibration.csv``."""
 from __future__ import annotations
 
 import platform
@@ -11,12 +12,17 @@ import lightning as L
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from grace_lit.io import atomic_write_csv, atomic_write_json
+from grace_lit.metrics import nasa_terms
 
 TEST_KEYS = ("test/rmse_last", "test/rmse_all", "test/nasa", "test/nasa_all", "test/health_acc",
              "test/health_acc_all")
+# the last windows scored against the raw truth (never capped: C-MAPSS's RUL_FD00x files), beside the capped
+# test/rmse_last and test/nasa, so that a number can be compared with a paper whatever its cap
+RAW_KEYS = ("test/rmse_last_raw", "test/nasa_raw")
 
 
 def git_commit() -> str | None:
@@ -42,12 +48,15 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     return {"protocol": cfg.protocol.name, "selection": cfg.protocol.selection, "dataset": cfg.dataset.name,
             "loss": cfg.loss.name, "rul_loss": cfg.rul_loss.name, "seed": cfg.seed,
             "split_seed": cfg.data.split_seed, "folds": cfg.protocol.folds, "fold": cfg.protocol.fold,
-            "val_cuts": cfg.protocol.val_cuts, "command": command(),
+            "val_cuts": cfg.protocol.val_cuts,
+            # what test/* were scored against: the truth capped at max_rul (true) or the raw one (false)
+            "cap_test_rul": OmegaConf.select(cfg, "dataset.cap_test_rul", default=None),
+            "max_rul": OmegaConf.select(cfg, "dataset.max_rul", default=None), "command": command(),
             "git_commit": git_commit()}
 
 
 def run_summary(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, n_params: int,
-                wall_time_s: float) -> dict[str, Any]:
+                wall_time_s: float, cpu_time_s: float) -> dict[str, Any]:
     ckpt = trainer.checkpoint_callback
     best_epoch = None
     if ckpt is not None and ckpt.best_model_path:
@@ -59,6 +68,7 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, 
         "selection_score": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None
         else None,
         "best_epoch": best_epoch, "epochs_run": trainer.current_epoch, "wall_time_s": round(wall_time_s, 2),
+        "cpu_time_s": round(cpu_time_s, 2),
         "n_params": n_params, "device": device_name(trainer), "world_size": trainer.world_size,
         "nonfinite_skips": module.nonfinite.skips,
     }
@@ -66,9 +76,31 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, 
     return summary
 
 
+def score_raw_truth(summary: dict[str, Any], predictions: pd.DataFrame | None,
+                    test_rul_raw: dict[int, float]) -> pd.DataFrame | None:
+    """The test units' last windows scored against the raw truth too: ``summary`` gains RAW_KEYS and the
+    predictions (one row per test unit, ``unit`` still the integer codes) a ``rul_true_raw`` column, each unit's
+    true RUL after its last row never capped (``Splits.test_rul_raw``). Under dataset.cap_test_rul=false the raw
+    scores equal the capped ones. None and no column where the reader gives no raw truth."""
+    raw = None if predictions is None else predictions["unit"].map(test_rul_raw)
+    if raw is None or raw.isna().any():
+        summary.update(dict.fromkeys(RAW_KEYS))
+        return predictions
+    pred, truth = torch.tensor(predictions["rul_pred"].to_numpy(float)), torch.tensor(raw.to_numpy(float))  # copies
+    summary["test/rmse_last_raw"] = float((pred - truth).square().mean().sqrt())
+    summary["test/nasa_raw"] = float(nasa_terms(pred, truth).sum())
+    return predictions.assign(rul_true_raw=raw.to_numpy(float))
+
+
 def write_results(out_dir: Path, summary: dict[str, Any], predictions: pd.DataFrame | None,
-                  unit_names: dict[int, str]) -> None:
-    """``unit_names``: the units as the user's table names them (``Splits.unit_names``), as predict prints them."""
+                  unit_names: dict[int, str], held_out: pd.DataFrame | None = None) -> None:
+    """``unit_names``: the units as the user's table names them (``Splits.unit_names``), as predict prints them.
+    ``held_out``: the held-out windows scored by the tested weights (protocol=holdout); their cut ends, which
+    calibrate the intervals (``grace_lit.intervals``), are written as ``calibration.csv``, from which intervals are
+    calibrated later without the checkpoint (every window would make the file 50-100 times larger)."""
+    if held_out is not None:
+        ends = held_out[held_out["is_last"]].reset_index(drop=True)
+        atomic_write_csv(out_dir / "calibration.csv", named_units(ends, unit_names))
     if predictions is not None:
         atomic_write_csv(out_dir / "predictions.csv", named_units(predictions, unit_names))
     atomic_write_json(out_dir / "metrics.json", summary)
@@ -80,7 +112,12 @@ def named_units(frame: pd.DataFrame, unit_names: dict[int, str]) -> pd.DataFrame
 
 
 def write_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:
-    """A failed run still leaves a metrics.json, so a sweep report lists it with its error."""
+    """A failed run still leaves a metrics.json, so a sweep report lists it with its error (and with what of its
+    identity can be read: the failure may be an unset value, e.g. dataset.name)."""
+    try:
+        known = identity(cfg)
+    except OmegaConfBaseException:
+        known = {}
     atomic_write_json(out_dir / "metrics.json", {
-        "status": "failed", **identity(cfg), "error": str(err),
+        "status": "failed", **known, "error": str(err),
         "traceback": "".join(traceback.format_exception(err))[-4000:]})

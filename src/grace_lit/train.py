@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -9,23 +11,28 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from grace_lit.config import validate
+from grace_lit.config import check_device, validate
 from grace_lit.console import closing, opening, print_config, quiet
-from grace_lit.errors import GraceError
+from grace_lit.errors import GraceError, Refused
+from grace_lit.intervals import attach as attach_intervals
+from grace_lit.intervals import check_settings as check_interval_settings
 from grace_lit.io import AtomicCheckpointIO, atomic_write_text
 from grace_lit.module import GraceModule
-from grace_lit.results import run_summary, write_failure, write_results
+from grace_lit.results import run_summary, score_raw_truth, write_failure, write_results
 
 log = logging.getLogger("grace_lit")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Trainer]:
     """Instantiate data, model, controller, callbacks, loggers and trainer from a composed config."""
+    check_device(cfg)
+    set_threads(cfg.get("threads"))
     data = instantiate(cfg.data, source=instantiate(cfg.dataset))
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null drops a stage (presets)
     loggers = [instantiate(c) for c in cfg.logger.values()]
@@ -43,11 +50,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GraceModule, L.Traine
     return data, module, trainer
 
 
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this process (config ``threads``; None: torch's default). OMP_NUM_THREADS
+    follows, so that Lightning's DDP launcher, which sets both when that variable is unset, keeps the value and
+    the ranks it starts inherit it: under DDP on CPU each process gets ``threads``."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    validate(cfg)
+    validate(cfg, HydraConfig.get())
+    check_interval_settings(cfg)  # before training: the interval is calibrated after it
     if cfg.print_config:
         print_config(cfg)
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     data, module, trainer = build(cfg)
@@ -60,11 +77,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=False)  # our own file (RNG states)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=data, ckpt_path=best or None, weights_only=False, verbose=False)
-    wall_time_s = time.time() - start + module.prior_wall_time_s  # a resumed run adds the time before its checkpoint
-    summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=wall_time_s)
+    # a resumed run adds the time before its checkpoint; CPU time counts every thread of this process
+    wall_time_s = time.time() - start + module.prior_wall_time_s
+    cpu_time_s = time.process_time() - cpu_start + module.prior_cpu_time_s
+    summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=wall_time_s, cpu_time_s=cpu_time_s)
     if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
         return summary
-    write_results(out_dir, summary, module.test_predictions, data.splits.unit_names)
+    predictions = attach_intervals(cfg, data.splits.preprocessing, summary, module.test_predictions,
+                                   module.held_out_predictions)
+    predictions = score_raw_truth(summary, predictions, data.splits.test_rul_raw)  # beside the capped scores
+    write_results(out_dir, summary, predictions, data.splits.unit_names, module.held_out_predictions)
     atomic_write_text(out_dir / "preprocessing.json", data.splits.preprocessing.to_json())  # for grace_lit.predict
     log.info("%s", closing(cfg, summary, out_dir))
     return summary
@@ -77,14 +99,40 @@ def user_error(err: BaseException) -> GraceError | None:
     return err
 
 
+def discard_run_dir(path: str | Path) -> None:
+    """Remove the directory Hydra made for a refused command, when it holds nothing but Hydra's own files
+    (.hydra/ and the job's .log); a directory with anything else in it (a resumed run, a study) stays. Parents
+    left empty below the working directory (outputs/<date>/) go too."""
+    path = Path(path).resolve()
+    if not (path / ".hydra").is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in path.iterdir()):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in path.parents:
+        if parent == cwd or not parent.is_relative_to(cwd):
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+
+
+def refused(err: BaseException | None) -> bool:
+    """A single run refused before it started: its run directory is removed (a sweep's job keeps its record)."""
+    return isinstance(err, Refused) and HydraConfig.get().mode != RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     quiet()
     try:
         return run(cfg)["selection_score"]
-    except Exception as err:  # any failure leaves a metrics.json with status "failed" (the sweep report lists it)
+    except Exception as err:  # a failure leaves a metrics.json with status "failed" (the sweep report lists it)
         user = user_error(err)
-        write_failure(Path(cfg.paths.output_dir), cfg, user or err)
+        if refused(user):
+            discard_run_dir(HydraConfig.get().runtime.output_dir)  # nothing ran: nothing to keep
+        else:
+            write_failure(Path(cfg.paths.output_dir), cfg, user or err)
         if user is None or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # multirun: Hydra records this job as failed, runs the others, then exits non-zero
         log.error("%s", user)

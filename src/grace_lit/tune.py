@@ -11,6 +11,7 @@ import copy
 import logging
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,12 @@ except ImportError as err:  # an optional extra
 from optuna.trial import TrialState
 
 from grace_lit.callbacks.pruning import OptunaPruning
-from grace_lit.config import validate
+from grace_lit.config import check_device, validate
 from grace_lit.console import quiet, shown_path
-from grace_lit.errors import GraceError
+from grace_lit.errors import Refused
 from grace_lit.io import atomic_write_json
-from grace_lit.results import TEST_KEYS, identity, write_results
-from grace_lit.train import build, user_error
+from grace_lit.results import TEST_KEYS, identity, score_raw_truth, write_results
+from grace_lit.train import build, discard_run_dir, refused, user_error
 
 log = logging.getLogger("grace_lit")
 SUGGEST_TYPES = ("float", "int", "categorical")  # Optuna's trial.suggest_<type>
@@ -44,20 +45,20 @@ _MISSING = object()
 def check(cfg: DictConfig) -> None:
     """Refuse a study that would select on the test set or whose search space names no config key."""
     if cfg.protocol.name != "holdout":
-        raise GraceError(f"grace_lit.tune selects on held-out training units only, and protocol={cfg.protocol.name} "
-                         f"selects on the test set: a tuned score would have seen it.\n"
-                         f"Fix: drop protocol={cfg.protocol.name} (tuning runs protocol=holdout).")
+        raise Refused(f"grace_lit.tune selects on held-out training units only, and protocol={cfg.protocol.name} "
+                      f"selects on the test set: a tuned score would have seen it.\n"
+                      f"Fix: drop protocol={cfg.protocol.name} (tuning runs protocol=holdout).")
     if cfg.callbacks.get("checkpoint") is None:
-        raise GraceError("A trial's score is its best checkpoint's selection metric, and callbacks.checkpoint is "
-                         "dropped.\nFix: keep callbacks.checkpoint when tuning.")
+        raise Refused("A trial's score is its best checkpoint's selection metric, and callbacks.checkpoint is "
+                      "dropped.\nFix: keep callbacks.checkpoint when tuning.")
     problems = [f"{key}: not a key of the composed config" for key in cfg.hparams_search.params
                 if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING]
     problems += [f"{key}: type={spec.get('type')!r} is not one of {list(SUGGEST_TYPES)}"
                  for key, spec in cfg.hparams_search.params.items() if spec.get("type") not in SUGGEST_TYPES]
     if problems:
-        raise GraceError("Invalid search space (hparams_search.params):\n" + "\n".join(f"  {p}" for p in problems)
-                         + "\nFix: name existing config keys (e.g. optimizer.lr), each with a type from "
-                         f"{list(SUGGEST_TYPES)} and that type's trial.suggest_<type> arguments.")
+        raise Refused("Invalid search space (hparams_search.params):\n" + "\n".join(f"  {p}" for p in problems)
+                      + "\nFix: name existing config keys (e.g. optimizer.lr), each with a type from "
+                      f"{list(SUGGEST_TYPES)} and that type's trial.suggest_<type> arguments.")
 
 
 def suggest(trial: optuna.Trial, space: DictConfig) -> dict[str, Any]:
@@ -91,6 +92,16 @@ def fit_trial(cfg: DictConfig, trial: optuna.Trial, study_dir: Path) -> float:
     return float(trainer.checkpoint_callback.best_model_score)
 
 
+def trial_done(study: optuna.Study, trial: optuna.trial.FrozenTrial, monitor: str) -> None:
+    """One line when a trial ends (Optuna's own logger is quieted: it would repeat the trial's parameters)."""
+    if trial.state == TrialState.COMPLETE:
+        best = study.best_trial
+        log.info("trial %d done: %s=%.4f (best so far: trial %d, %.4f)", trial.number, monitor, trial.value,
+                 best.number, best.value)
+    elif trial.state == TrialState.PRUNED:
+        log.info("trial %d pruned after %d epochs", trial.number, len(trial.intermediate_values))
+
+
 def settings(cfg: DictConfig) -> dict[str, Any]:
     """What every trial of a study shares: its training config but for the searched values, the files' places
     and the trial budget."""
@@ -101,16 +112,33 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     return shared
 
 
-def check_settings(study: optuna.Study, cfg: DictConfig) -> None:
-    """A resumed study runs with the settings it started with: other settings would mix two studies in one."""
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.backbone.hidden_size": 64, ...}``: every leaf of a plain container under its dotted key."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def check_settings(study: optuna.Study, cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """A resumed study runs with the settings it started with: other settings would mix two studies in one.
+    ``overrides``: the command's, kept with the settings so that a refusal can say which ones it started with."""
     stored, current = study.user_attrs.get("settings"), settings(cfg)
     if stored is None:
         study.set_user_attr("settings", current)
+        study.set_user_attr("overrides", list(overrides or []))
     elif stored != current:
-        changed = sorted(key for key in stored.keys() | current.keys() if stored.get(key) != current.get(key))
-        raise GraceError(f"Study {study.study_name} ({cfg.study.storage.url}) was started with other settings of "
-                         f"{', '.join(changed)}.\nFix: resume it with the overrides it started with (only "
-                         f"hparams_search.n_trials may change), or start another study with study.name=<new name>.")
+        before, now = _flat(stored), _flat(current)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k, _MISSING) != now.get(k, _MISSING))
+        value = lambda flat, key: "unset" if key not in flat else repr(flat[key])  # noqa: E731
+        shown = "".join(f"\n  {key}: {value(before, key)} when it started, now {value(now, key)}"
+                        for key in changed[:10])
+        more = f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else ""
+        started = study.user_attrs.get("overrides")
+        command = (f" (it started as: python -m grace_lit.tune {' '.join(started)})" if started
+                   else " (it started with no overrides)" if started is not None else "")
+        raise Refused(f"Study {study.study_name} ({cfg.study.storage.url}) was started with other settings:"
+                      f"{shown}{more}\nFix: resume it with the overrides it started with{command}; only "
+                      f"hparams_search.n_trials may change. Or start another study with study.name=<new name>.")
 
 
 def study_state(study: optuna.Study) -> dict[str, Any]:
@@ -141,25 +169,28 @@ def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
                "study": study.study_name, "trial": best.number, "params": best.params, "checkpoint": str(ckpt),
                "selection_metric": cfg.monitor, "selection_score": best.value,
                **{key: float(metrics[key]) if key in metrics else None for key in TEST_KEYS}}
-    write_results(study_dir, summary, module.test_predictions, data.splits.unit_names)
+    predictions = score_raw_truth(summary, module.test_predictions, data.splits.test_rul_raw)
+    write_results(study_dir, summary, predictions, data.splits.unit_names, module.held_out_predictions)
     log.info("[%s | protocol=%s] best trial %d: test rmse_last=%.3f rmse_all=%.3f nasa=%.1f -> %s",
              cfg.dataset.name, cfg.protocol.name, best.number, summary["test/rmse_last"], summary["test/rmse_all"],
              summary["test/nasa"], shown_path(result))
 
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
-    validate(cfg)  # before a study is made: every value but the searched ones
+    validate(cfg, HydraConfig.get())  # before a study is made: every value but the searched ones
     check(cfg)
+    check_device(cfg)
     study_dir = Path(cfg.study.dir)
     study_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
     study = optuna.create_study(study_name=cfg.study.name, storage=instantiate(cfg.study.storage),
                                 sampler=instantiate(cfg.study.sampler), pruner=instantiate(cfg.study.pruner),
                                 direction="minimize", load_if_exists=True)
-    check_settings(study, cfg)
+    check_settings(study, cfg, list(HydraConfig.get().overrides.task))
     n_trials = cfg.hparams_search.n_trials
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
         study.optimize(lambda trial: fit_trial(cfg, trial, study_dir), gc_after_trial=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)])
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+                                  partial(trial_done, monitor=cfg.monitor)])
     optuna.storages.fail_stale_trials(study)  # a trial of a killed process, so it does not count as running
     state = study_state(study)
     atomic_write_json(Path(cfg.paths.output_dir) / "tuning.json", state)
@@ -177,6 +208,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="tune")
 def main(cfg: DictConfig) -> float | None:
     quiet()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trial_done says how a trial ended, once
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat options
     # the test run loads a trial's checkpoint into a trainer that writes into the study directory, by design
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
@@ -184,6 +216,8 @@ def main(cfg: DictConfig) -> float | None:
         return tune(cfg)["best_value"]
     except Exception as err:
         user = user_error(err)
+        if refused(user):
+            discard_run_dir(HydraConfig.get().runtime.output_dir)  # the study's directory, unless it holds a study
         if user is None or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         log.error("%s", user)
