@@ -129,7 +129,9 @@ def test_committed_results_regenerate_byte_for_byte_from_another_checkout(tmp_pa
 def test_test_truth_and_gabas_floor_from_the_run_folders(tmp_path: Path):
     """The cap of the test truth: metrics.json's, else the saved config's, else none recorded (an old run, which
     capped); a table mixing them gets a column. GABA's floor from controller_log.csv and the config's
-    min_weight; the Friedman section refuses two arms in one line."""
+    min_weight; the Friedman section refuses two arms in one line. The report goes to a folder that does not
+    exist yet, beside the runs' (the runs are then named ../../runs/<run>)."""
+    tmp_path, out = tmp_path / "runs", tmp_path / "elsewhere" / "report"
     config = ("dataset: {{name: FD001, max_rul: 125, cap_test_rul: {cap}}}\n"
               "loss: {{name: {loss}, controller: {{min_weight: 0.05, warmup_steps: 100}}}}\n")
     weights = [0.5, 0.3, 0.0476, 0.0477]  # steps 50, 100, 150, 200: the floored weight reads 0.05 / 1.05
@@ -143,11 +145,12 @@ def test_test_truth_and_gabas_floor_from_the_run_folders(tmp_path: Path):
             (run / "controller_log.csv").write_text("epoch,step,weight_rul,weight_health\n" + "".join(
                 f"{e},{50 * (e + 1)},{w},{1 - w}\n" for e, w in enumerate(weights[:4 - seed + 1])))
     write_run(tmp_path, "old", protocol="holdout", loss="dwa", seed=1, **metrics(18.0, 300.0, 0.8, 3, 10.0))
-    main([str(tmp_path), "--no-plots"])
-    runs = pd.read_csv(tmp_path / "runs.csv").set_index("run")
+    main([str(tmp_path), "--out", str(out), "--no-plots"])
+    runs = pd.read_csv(out / "runs.csv")
+    runs.index = [Path(r).name for r in runs.pop("run")]
     assert runs.loc["gaba_1", "cap_test_rul"] and not runs.loc["amnl_1", "cap_test_rul"]
     assert pd.isna(runs.loc["old", "cap_test_rul"]) and runs.loc["gaba_1", "max_rul"] == 125
-    text = (tmp_path / "report.md").read_text()
+    text = (out / "report.md").read_text()
     assert ("Protocol: holdout. Test truth differs (see the test truth column): capped at 125 in 2 runs, capped at "
             "max_rul in 1 runs, not capped in 2 runs; 1 of them record no dataset.cap_test_rul") in text
     assert "| amnl | wmse | model=small | not capped | 2 | 1 2 | 16.500 ± 0.707 |" in text

@@ -1,7 +1,7 @@
 """Prediction intervals around RUL predictions, calibrated on held-out units (split conformal, via ``crepes``).
 
-**What calibrates.** Under ``protocol=holdout`` every run writes ``calibration.csv``: each held-out window scored
-by the tested weights. Only the *last window of each cut* (``is_last``) calibrates. The test set scores each
+**What calibrates.** Under ``protocol=holdout`` every run writes ``calibration.csv``: the held-out cuts' last
+windows scored by the tested weights. Only the *last window of each cut* (``is_last``) calibrates. The test set scores each
 test unit's last window, and a test unit is a whole unit cut before failure at one random cycle; each held-out
 unit is a whole training unit (a seeded draw from the same fleet, never trained on) cut ``protocol.val_cuts``
 times at seeded cycles drawn uniformly over its life, so a cut's last window is drawn the way a test unit's last

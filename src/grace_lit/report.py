@@ -50,6 +50,7 @@ METRICS = {
     "test/nasa_raw": ("nasa_raw", "test NASA score vs raw truth", ".1f"),
     "best_epoch": ("best_epoch", "best epoch", ".1f"),
     "wall_time_s": ("wall_time_s", "wall time (s)", ".1f"),
+    "cpu_time_s": ("cpu_time_s", "CPU time (s)", ".1f"),  # what a run cost a loaded machine: its process's CPU
 }
 # Overrides that name a group or leave the result unchanged; every other override makes a separate variant
 # (loss.controller.beta=0.9 is a variant; loss=amnl names the group).
@@ -241,7 +242,7 @@ def gaba_logs(runs: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, dict[int, pd
     done = with_truth(runs[(runs["status"] == "completed") & (runs["loss"] == "gaba")])
     rows, logs = [], {}
     for r in done.itertuples():
-        path = out / r.run
+        path = Path(os.path.normpath(out / r.run))  # out may not exist yet: no '..' through it
         cfg = saved_config(path)
         min_weight = config_value(cfg, "loss.controller.min_weight")
         if not (path / "controller_log.csv").is_file() or min_weight is None:
@@ -321,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="grace-report", description="Results tables (CSV, Markdown) and plots of "
                                      "grace-lit runs: failed and unfinished runs are listed, never dropped.")
     parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories")
-    parser.add_argument("--out", type=Path, help="where report.{csv,md}, runs.csv and the bar charts go")
+    parser.add_argument("--out", type=Path, help="where report.{csv,md}, runs.csv, paired.csv and the figures go")
     parser.add_argument("--trajectory-units", type=int, default=4,
                         help="test units whose full RUL trajectory is re-scored and plotted per run (0: none)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
@@ -333,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except GraceError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    print(f"-> {out / 'report.md'}, {out / 'report.csv'}, {out / 'runs.csv'}")
+    figures = f", the figures {out / 'report_*.png'} and each run's plots/" if not args.no_plots else ""
+    print(f"-> {out / 'report.md'}, {out / 'report.csv'}, {out / 'runs.csv'}, {out / 'paired.csv'}{figures}")
 
 
 if __name__ == "__main__":
