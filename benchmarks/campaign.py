@@ -46,7 +46,7 @@ MANIFEST = REPO / "benchmarks" / "campaign.yaml"
 RUNS = "multirun/campaign"      # a manifest's defaults for its ``runs`` and ``results`` keys (relative to REPO)
 RESULTS = "results/gpu_full"
 PRESET_LABEL = "${dataset.name}_${loss.name}"  # a preset's cells: named from the composed config, as label() does
-REPORTED = ("test/rmse_last", "test/nasa", "best_epoch", "epochs_run", "wall_time_s", "device")
+REPORTED = ("test/rmse_last", "test/nasa", "best_epoch", "epochs_run", "wall_time_s", "cpu_time_s", "device")
 
 
 @dataclass
@@ -152,16 +152,18 @@ def sweep_command(sweep: Sweep, manifest: Any, runs: Path, jobs: int, extra: lis
 
 
 def cost(manifest: Any, runs: Path, results: Path) -> dict[str, Any]:
-    """What the pending runs need: per dataset, the median wall time of its completed runs (one thread each, so
-    about CPU time) or, before any, the manifest's ``cpu_s_per_run``; a run left unfinished counts whole."""
+    """What the pending runs need: per dataset, the median CPU time of its completed runs (their wall time where
+    they predate ``cpu_time_s``) or, before any, the manifest's ``cpu_s_per_run``; a run left unfinished counts
+    whole."""
     done: dict[str, list[float]] = {}
     pending: dict[str, int] = {}
     for cell in cells(manifest):
         dataset = composed_names(cell.overrides)[0]
         for seed in manifest.seeds:
             run = state(cell, seed, runs, results)
-            if run["status"] == "completed" and run.get("wall_time_s"):
-                done.setdefault(dataset, []).append(run["wall_time_s"])
+            spent = run.get("cpu_time_s") or run.get("wall_time_s")
+            if run["status"] == "completed" and spent:
+                done.setdefault(dataset, []).append(spent)
             elif run["status"] != "completed":
                 pending[dataset] = pending.get(dataset, 0) + 1
     guess = manifest.get("cpu_s_per_run", {})

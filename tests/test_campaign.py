@@ -63,10 +63,10 @@ def test_cost_counts_pending_runs_at_the_measured_time(tmp_path):
                                  "cpu_s_per_run": {"FD001": 100, "FD003": 50},
                                  "experiments": [{"name": "FD001_a", "overrides": ["dataset=FD001"]},
                                                  {"name": "FD003_a", "overrides": ["dataset=FD003"]}]})
-    for seed, wall in [(1, 60.0), (2, 80.0)]:
+    for seed, spent in [(1, {"wall_time_s": 60.0}), (2, {"wall_time_s": 200.0, "cpu_time_s": 80.0})]:
         write_run(tmp_path / "results" / "FD001_a_holdout" / f"s{seed}", "completed")
         metrics = tmp_path / "results" / "FD001_a_holdout" / f"s{seed}" / "metrics.json"
-        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "wall_time_s": wall}))
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), **spent}))  # CPU time, else wall time
     need = campaign.cost(manifest, tmp_path / "runs", tmp_path / "results")
     assert need["pending"] == {"FD001": 1, "FD003": 3}
     assert need["total_s"] == 70.0 + 3 * 50  # FD001 at its completed runs' median, FD003 at the manifest's guess

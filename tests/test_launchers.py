@@ -82,8 +82,10 @@ def test_preset_composes_to_what_its_name_says(preset, tmp_path, data_cache, mon
         _, dataset, method = preset.split("_", 2)  # method names may hold "_" (nash_mtl)
         assert (cfg.dataset.name, cfg.loss.name, cfg.rul_loss.name) == (dataset, {"grace": "gaba"}.get(method, method),
                                                                          "wmse")
-        awd = [0.5, 0.1] if method == "grace" else [1.0, 1.0]  # adaptive weight decay is GRACE's alone
+        # the adaptive weight decay: GRACE's (spec 000) and AMNL's, whose own spec 003 applies it and accumulates 2
+        awd = [0.5, 0.1] if method in ("grace", "amnl") else [1.0, 1.0]
         assert list(cfg.callbacks.weight_decay.factors) == awd
+        assert cfg.accumulate == (2 if method == "amnl" else 1)
         return
     assert (cfg.dataset.name, cfg.loss.name) == ("FD002", "gaba")  # ablations of GRACE on the default dataset
     expected = {
