@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The plain reference at matched CPU time (issue 21): for each completed run of a cell, the plain 2x64 LSTM loop
+# (benchmarks/plain_reference.py) on the same subset, seed and held-out split, trained for that run's cpu_time_s
+# (its training only: evaluation is not counted, which favours the plain loop). One line per seed in
+# results/cpu_campaign/plain_reference/<cell>_s<seed>.txt; the last line of each is the number to compare.
+#   bash results/cpu_campaign/plain_matched.sh FD001_grace_holdout [FD002_grace_holdout ...]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=results/cpu_campaign/plain_reference
+mkdir -p "$out"
+for cell in "$@"; do
+  for metrics in results/cpu_campaign/"$cell"/s*/metrics.json; do
+    read -r dataset seed cpu < <(.venv/bin/python -c "import json,sys; m=json.load(open(sys.argv[1])); \
+print(m['dataset'], m['seed'], m['cpu_time_s'])" "$metrics")
+    file="$out/${cell}_s${seed}.txt"
+    [ -s "$file" ] && grep -q "^plain_reference " "$file" && continue
+    (cd benchmarks && OMP_NUM_THREADS=1 ../.venv/bin/python plain_reference.py --budget "$cpu" --seed "$seed" \
+      "dataset=$dataset") > "$file.tmp" && mv "$file.tmp" "$file"
+    tail -1 "$file"
+  done
+done
