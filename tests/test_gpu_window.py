@@ -55,7 +55,7 @@ def test_dry_run_runs_every_phase_and_packs_one_archive(tmp_path, data_cache):
     assert running_with(str(tmp_path)) == []  # nothing the commands started with the work folder in its arguments
 
 
-GPU_MACHINE_LACKS = ("mlflow", "submitit", "optuna", "torchjd")
+GPU_MACHINE_LACKS = ("mlflow", "submitit", "optuna", "torchjd", "crepes", "sklearn")
 IMPORTS = f"""
 import sys
 for name in {GPU_MACHINE_LACKS!r}:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from omegaconf import OmegaConf
 from conftest import composed
 from grace_lit.data.preprocess import Preprocessing
 from grace_lit.errors import GraceError
-from grace_lit.intervals import (PAPER_REASON, Calibration, calibrate, check_settings, coverage_by_band,
+from grace_lit.intervals import (MISSING_REASON, PAPER_REASON, Calibration, calibrate, check_settings, coverage_by_band,
                                  ensemble_difference, ensemble_held_out, for_run, summary_keys, with_intervals)
 
 EDGES = [30.0, 70.0]
@@ -144,6 +145,13 @@ def test_a_paper_run_gets_no_interval_and_says_why(holdout_cfg):
     keys = summary_keys(calibration, note, shown, EDGES)
     assert keys["interval/note"] == PAPER_REASON and keys["interval/form"] is None
     assert keys["test/interval_coverage"] is None and keys["test/interval_coverage_rul<30"] is None
+
+
+def test_without_crepes_a_run_gets_no_interval_and_says_how_to_get_one(holdout_cfg, monkeypatch):
+    """A machine without crepes (the GPU machine lacks it and scikit-learn) still trains: no interval, one note."""
+    monkeypatch.setitem(sys.modules, "crepes", None)  # import fails
+    calibration, note = for_run(holdout_cfg, prep(), held_out(np.random.default_rng(0)))
+    assert calibration is None and note == MISSING_REASON and "pip install crepes scikit-learn" in note
 
 
 def test_a_holdout_run_calibrates_on_the_cut_ends_only(holdout_cfg):

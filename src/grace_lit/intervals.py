@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from crepes import ConformalRegressor
 from omegaconf import DictConfig, OmegaConf
 
 from grace_lit.data.preprocess import Preprocessing
@@ -50,6 +49,8 @@ log = logging.getLogger("grace_lit")
 DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "interval" / "default.yaml"
 FORMS = ("plain", "mondrian", "spread")
 COLUMNS = ("rul_lo", "rul_hi", "coverage")
+MISSING_REASON = ("no interval: crepes (with scikit-learn, which it imports) is not installed. Fix: pip install "
+                  "crepes scikit-learn (both are dependencies of grace-lit; a hand-made environment may lack them).")
 PAPER_REASON = ("no interval: protocol=paper has no held-out units, and an interval calibrated on the test set "
                 "would be scored on the points it was fitted to. Fix: train with protocol=holdout (its held-out "
                 "units' cut ends calibrate the interval).")
@@ -133,6 +134,16 @@ def calibration_points(held: pd.DataFrame) -> pd.DataFrame:
     return held[held["is_last"].astype(bool)]
 
 
+def crepes_available() -> bool:
+    """Imported where used: a machine without it (the GPU machine of BENCHMARKS.md) still trains, without
+    intervals, and says why."""
+    try:
+        import crepes  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
 def calibrate(rul_true: np.ndarray, rul_pred: np.ndarray, form: str, coverage: float, edges: list[float],
               low: float, high: float | None, spread: np.ndarray | None = None,
               spread_floor: float = 0.0) -> Calibration:
@@ -151,6 +162,8 @@ def calibrate(rul_true: np.ndarray, rul_pred: np.ndarray, form: str, coverage: f
             raise GraceError("interval form 'spread' needs the spread of a seed ensemble. Fix: pass several runs "
                              "to grace-predict, or use interval.ensemble_form=plain or mondrian.")
         sigmas = np.asarray(spread, dtype=np.float64) + spread_floor
+    from crepes import ConformalRegressor  # noqa: PLC0415 (crepes_available)
+
     bins = calibration.band(rul_pred)
     regressor = ConformalRegressor()
     with warnings.catch_warnings():  # crepes warns when a band is too small: its interval is then unbounded
@@ -218,6 +231,8 @@ def for_run(cfg: DictConfig, prep: Preprocessing, held: pd.DataFrame | None,
     if held is None:
         return None, ("no interval: the run has no calibration.csv (its held-out units' predictions; runs trained "
                       "before intervals existed lack it). Fix: train the run again with protocol=holdout.")
+    if not crepes_available():
+        return None, MISSING_REASON
     interval = settings(cfg)
     points = calibration_points(held)
     spread = points["rul_spread"].to_numpy() if "rul_spread" in points else None
