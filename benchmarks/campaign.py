@@ -19,6 +19,7 @@ If this process itself is killed, the sweep dies with it (PR_SET_PDEATHSIG) and 
     python benchmarks/campaign.py status                          # the report, nothing run
     python benchmarks/campaign.py collect                         # completed runs -> the results directory
     python benchmarks/campaign.py run --manifest benchmarks/cpu_campaign.yaml --jobs 1 --budget 7200
+    python benchmarks/campaign.py run --manifest benchmarks/cpu_campaign.yaml --cells 'FD003_*' --jobs 1
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,17 @@ class Sweep:
 
 def load_manifest(path: Path = MANIFEST) -> Any:
     return OmegaConf.load(path)
+
+
+def select(manifest: Any, patterns: list[str] | None) -> Any:
+    """The manifest with only the experiments whose name matches one of ``patterns`` (all when None)."""
+    if patterns:
+        kept = [e for e in manifest.experiments if any(fnmatch(experiment(e)[0], p) for p in patterns)]
+        if not kept:
+            raise SystemExit(f"campaign: no experiment matches --cells {' '.join(patterns)}; names are "
+                             f"{', '.join(experiment(e)[0] for e in manifest.experiments)}")
+        manifest.experiments = kept
+    return manifest
 
 
 def manifest_dirs(manifest: Any) -> tuple[Path, Path]:
@@ -270,8 +283,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4, help="runs at a time (joblib workers)")
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; then stop, keep checkpoints")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--cells", nargs="+", metavar="PATTERN",
+                        help="only the experiments whose name matches one of these (shell patterns: 'FD003_*')")
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.manifest)
+    manifest = select(load_manifest(args.manifest), args.cells)
     runs, results = manifest_dirs(manifest)
     runs, results = (args.runs or runs).resolve(), (args.results or results).resolve()
     if args.mode == "collect":

@@ -60,6 +60,16 @@ def test_cpu_manifest_runs_the_issues_cells():
     assert "hydra.sweep.subdir=FD001_fixed_floor_${protocol.name}/s${seed}" in cmd
 
 
+def test_cells_option_keeps_the_matching_experiments_in_order():
+    manifest = campaign.load_manifest(REPO / "benchmarks" / "cpu_campaign.yaml")
+    kept = campaign.select(manifest, ["FD003_*", "FD001_grace"])
+    assert [c.name for c in campaign.cells(kept)] == ["FD001_grace_holdout"] + [
+        f"FD003_{c}_holdout" for c in ("grace", "amnl", "gradnorm", "uncertainty", "fixed_floor", "fixed_equal",
+                                       "single_task", "grace_scaled")]
+    with pytest.raises(SystemExit, match=r"no experiment matches --cells FD009_\*; names are FD001_grace, "):
+        campaign.select(manifest, ["FD009_*"])
+
+
 def test_cost_counts_pending_runs_at_the_measured_time(tmp_path):
     manifest = OmegaConf.create({"seeds": [1, 2, 3], "protocols": ["holdout"], "overrides": [],
                                  "cpu_s_per_run": {"FD001": 100, "FD003": 50},
