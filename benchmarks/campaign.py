@@ -158,10 +158,11 @@ def plan(manifest: Any, runs: Path, results: Path) -> list[Sweep]:
 def sweep_command(sweep: Sweep, manifest: Any, runs: Path, jobs: int, extra: list[str]) -> list[str]:
     preset = sweep.overrides == (f"experiment={sweep.experiment}",)
     subdir = f"{PRESET_LABEL if preset else sweep.experiment}_${{protocol.name}}/s${{seed}}"
-    return [sys.executable, "-m", "grace_lit.train", "--multirun", *sweep.overrides,
+    # the manifest's overrides first: an experiment's own (budget=cpu_fd002 over budget=cpu) come later and win
+    return [sys.executable, "-m", "grace_lit.train", "--multirun", *manifest.overrides, *sweep.overrides,
             f"protocol={','.join(sweep.protocols)}", f"seed={','.join(map(str, sweep.seeds))}",
             "hydra/launcher=joblib", f"hydra.launcher.n_jobs={min(jobs, len(sweep.runs))}",
-            f"hydra.sweep.dir={runs}", f"hydra.sweep.subdir={subdir}", "resume=true", *manifest.overrides, *extra]
+            f"hydra.sweep.dir={runs}", f"hydra.sweep.subdir={subdir}", "resume=true", *extra]
 
 
 def cost(manifest: Any, runs: Path, results: Path) -> dict[str, Any]:

@@ -47,17 +47,27 @@ def test_cpu_manifest_runs_the_issues_cells():
     assert [c.name for c in cells] == expected and list(manifest.seeds) == [42, 123, 456, 789, 1024]
     assert campaign.manifest_dirs(manifest) == (REPO / "multirun/cpu_campaign", REPO / "results/cpu_campaign")
     assert manifest.env.OMP_NUM_THREADS == 1
-    wanted = ("FD001_grace_holdout", "FD001_fixed_floor_holdout", "FD001_grace_scaled_holdout")
-    configs = {c.name: composed([*c.overrides, f"protocol={c.protocol}", *manifest.overrides]) for c in cells
-               if c.name in wanted}
+    wanted = ("FD001_grace_holdout", "FD001_fixed_floor_holdout", "FD001_grace_scaled_holdout",
+              "FD002_grace_holdout", "FD003_grace_holdout", "FD004_single_task_holdout")
+    configs = {c.name: composed([*manifest.overrides, *c.overrides, f"protocol={c.protocol}"]) for c in cells
+               if c.name in wanted}  # the runner's order: the manifest's overrides, then the experiment's
     floor = configs["FD001_fixed_floor_holdout"]
     assert list(floor.loss.controller.weights) == [0.05, 0.95] and floor.protocol.val_cuts == 5
     assert (floor.model.backbone.hidden_size, floor.callbacks.ema.warmup) == (32, True)  # budget=cpu
     assert configs["FD001_grace_scaled_holdout"].rul_loss.fn.scale == configs["FD001_grace_holdout"].dataset.max_rul
     assert {cfg.rul_loss.name for cfg in configs.values()} == {"wmse"}
+    # the six-condition subsets take the profile chosen on FD002's held-out units (batch 512), the others 256
+    assert {n: cfg.data.batch_size for n, cfg in configs.items() if "grace_holdout" in n or "FD004" in n} == {
+        "FD001_grace_holdout": 256, "FD002_grace_holdout": 512, "FD003_grace_holdout": 256,
+        "FD004_single_task_holdout": 512}
+    assert {cfg.optimizer.lr for cfg in configs.values()} == {2e-3}
     sweep = campaign.plan(manifest, REPO / "absent", REPO / "absent")[4]
     cmd = campaign.sweep_command(sweep, manifest, REPO / "runs", jobs=1, extra=[])
     assert "hydra.sweep.subdir=FD001_fixed_floor_${protocol.name}/s${seed}" in cmd
+    fd002 = next(s for s in campaign.plan(manifest, REPO / "absent", REPO / "absent") if s.experiment == "FD002_grace")
+    args = [a for a in campaign.sweep_command(fd002, manifest, REPO / "runs", jobs=1, extra=[])[4:]
+            if not a.startswith("seed=")]
+    assert composed([*args, "seed=42"]).data.batch_size == 512  # the experiment's budget wins over the manifest's
 
 
 def test_cells_option_keeps_the_matching_experiments_in_order():
