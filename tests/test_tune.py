@@ -75,7 +75,12 @@ def test_killed_study_resumes_and_scores_the_best_trial_once(tmp_path: Path, dat
     assert result["selection_metric"] == "val/rmse_last" and result["selection_score"] == best.value
     assert math.isfinite(result["test/rmse_last"]) and (study_dir / "predictions.csv").is_file()
     assert result["cap_test_rul"] is True and math.isfinite(result["test/rmse_last_raw"])  # beside the capped truth
-    assert "rul_true_raw" in pd.read_csv(study_dir / "predictions.csv").columns
+    predictions = pd.read_csv(study_dir / "predictions.csv")
+    assert "rul_true_raw" in predictions.columns
+    # the best trial's intervals, as a train run has them, calibrated on its held-out cut ends (calibration.csv)
+    inside = (predictions.rul_lo <= predictions.rul_true) & (predictions.rul_true <= predictions.rul_hi)
+    assert (study_dir / "calibration.csv").is_file() and predictions.rul_lo.notna().all()
+    assert result["test/interval_coverage"] == pytest.approx(inside.mean())
     for trial in (final[0], final[2]):  # the finished trials logged held-out metrics only, never a test metric
         columns = pd.read_csv(Path(trial.user_attrs["run_dir"]) / "metrics.csv").columns
         assert "val/rmse_last" in columns and not any(c.startswith("test/") for c in columns)
