@@ -14,11 +14,12 @@ import pytest
 from crepes import ConformalRegressor
 from omegaconf import OmegaConf
 
-from conftest import composed
+from conftest import REPO, composed
 from grace_lit.data.preprocess import Preprocessing
 from grace_lit.errors import GraceError
 from grace_lit.intervals import (MISSING_REASON, PAPER_REASON, Calibration, calibrate, check_settings, coverage_by_band,
                                  ensemble_difference, ensemble_held_out, for_run, summary_keys, with_intervals)
+from grace_lit.intervals import main as intervals_main
 
 EDGES = [30.0, 70.0]
 NOMINAL = 0.9
@@ -220,3 +221,22 @@ def test_bad_interval_settings_are_refused_before_training(holdout_cfg, key, val
         check_settings(cfg)
     assert str(err.value).startswith(message) and "Fix: " in str(err.value)
     check_settings(holdout_cfg)  # the defaults pass
+
+
+
+def test_measurement_cli_recomputes_a_committed_runs_interval_and_its_band_gap(tmp_path, capsys):
+    """``python -m grace_lit.intervals`` on a committed campaign run: its default form's coverage and width equal
+    what the run itself wrote to metrics.json; band_gap (how the default form is chosen) is the mean distance of
+    the three band coverages from nominal."""
+    run = REPO / "results" / "cpu_campaign" / "FD001_grace_holdout" / "s42"
+    intervals_main([str(run), "--json", str(tmp_path / "rows.json")])
+    rows = {row["form"]: row for row in json.loads((tmp_path / "rows.json").read_text())}
+    written = json.loads((run / "metrics.json").read_text())
+    own = rows[written["interval/form"]]
+    assert (own["coverage"], own["width"], own["coverage_rul30-70"]) == pytest.approx(
+        (written["test/interval_coverage"], written["test/interval_width"], written["test/interval_coverage_rul30-70"]))
+    gaps = {form: np.mean([abs(row[f"coverage_rul{b}"] - NOMINAL) for b in ("<30", "30-70", ">=70")])
+            for form, row in rows.items()}
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == "band_gap over every run and subset: " + ", ".join(
+        f"{form} {gap:.3f}" for form, gap in sorted(gaps.items(), key=lambda kv: kv[1]))

@@ -101,8 +101,9 @@ def test_campaign_arms_pair_with_the_grace_arm_they_extend():
     scaled = f"{profile} rul_loss.fn.scale=125"
     rows = []
     for s in (1, 2, 3):
-        rows += [run("gaba", s, 14.0 + s, variant=profile), run("gaba", s, 13.0 + s, variant=scaled),
-                 run("fixed", s, 14.5 + s, variant=floor), run("amnl", s, 16.0 + s, variant=profile)]
+        jitter = 0.1 * (s - 2)  # differences that vary (a constant one makes the t-test degenerate), mean 0
+        rows += [run("gaba", s, 14.0 + s, variant=profile), run("gaba", s, 13.0 + s + jitter, variant=scaled),
+                 run("fixed", s, 14.5 + s + jitter, variant=floor), run("amnl", s, 16.0 + s + jitter, variant=profile)]
     got = paired_comparisons(frame(rows), reference="gaba").set_index("arm")
     grace = f"gaba + wmse [{profile}]"
     assert sorted(got.index) == sorted([f"fixed + wmse [{floor}]", f"amnl + wmse [{profile}]",
