@@ -130,6 +130,23 @@ def test_rank_table_by_hand():
     assert ranks.loc[gradnorm, "mean_rank"] == 1.0 and ranks.loc[gradnorm, "n_datasets"] == 1
 
 
+
+def test_a_per_dataset_budget_profile_is_one_arm_across_datasets():
+    """The CPU campaign: FD001 under budget=cpu, FD002 under budget=cpu_fd002; each controller is one arm across
+    both. Within one dataset, arms that differ only by their budget stay two arms (the profile study)."""
+    rows = []
+    for dataset, budget in (("FD001", "budget=cpu"), ("FD002", "budget=cpu_fd002")):
+        for loss, value in (("gaba", 14.0), ("amnl", 15.0)):
+            rows += [run(loss, s, value + s, dataset=dataset, variant=f"{budget} protocol.val_cuts=5") for s in (1, 2)]
+    ranks = rank_table(frame(rows)).set_index("arm")
+    assert list(ranks.index) == ["gaba + wmse [protocol.val_cuts=5]", "amnl + wmse [protocol.val_cuts=5]"]
+    assert ranks["n_datasets"].tolist() == [2, 2]
+    study = [run("gaba", 1, 17.0, dataset="FD002", variant="budget=cpu protocol.val_cuts=5")]
+    ranks = rank_table(frame(rows + study)).set_index("arm")
+    assert {"gaba + wmse [budget=cpu protocol.val_cuts=5]", "gaba + wmse [budget=cpu_fd002 protocol.val_cuts=5]",
+            "amnl + wmse [protocol.val_cuts=5]"} <= set(ranks.index)
+
+
 def test_markdown_states_pairs_and_warning():
     runs = frame([*(run("gaba", s, v) for s, v in GABA.items()), *(run("amnl", s, v) for s, v in AMNL.items())])
     text = markdown(paired_comparisons(runs, reference="gaba"), rank_table(runs), "gaba", M, md_table)

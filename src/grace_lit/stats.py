@@ -174,9 +174,15 @@ def paired_comparisons(runs: pd.DataFrame, reference: str, metric: str = "test/r
 def arm_frame(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """``pair_frame`` with an ``arm`` label whose variant has the dataset's name masked
     (``experiment=paper_FD002_grace`` -> ``experiment=paper_*_grace``), so a preset family is one arm across
-    datasets."""
+    datasets; and without its ``budget=`` profile, a per-dataset setting (``budget=cpu`` on FD001,
+    ``budget=cpu_fd002`` on FD002), unless two arms of one dataset differ by nothing else."""
     frame = pair_frame(runs, metric)
     frame["variant"] = [v.replace(d, "*") for v, d in zip(frame["variant"], frame["dataset"].astype(str))]
+    unbudgeted = pd.Series([" ".join(o for o in v.split() if not o.startswith("budget=")) for v in frame["variant"]],
+                           index=frame.index)
+    keys = [frame["protocol"], frame["dataset"], frame["loss"], frame["rul_loss"], unbudgeted]
+    alone = frame.groupby(keys)["variant"].transform("nunique") == 1
+    frame["variant"] = unbudgeted.where(alone, frame["variant"])
     frame["arm"] = [arm_label(*a) for a in frame[list(ARM)].itertuples(index=False)]
     return frame
 
