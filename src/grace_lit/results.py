@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from grace_lit.intervals import attach as attach_intervals
 from grace_lit.io import atomic_write_csv, atomic_write_json
 from grace_lit.metrics import nasa_terms
 
@@ -90,6 +91,16 @@ def score_raw_truth(summary: dict[str, Any], predictions: pd.DataFrame | None,
     summary["test/rmse_last_raw"] = float((pred - truth).square().mean().sqrt())
     summary["test/nasa_raw"] = float(nasa_terms(pred, truth).sum())
     return predictions.assign(rul_true_raw=raw.to_numpy(float))
+
+
+def write_scored(out_dir: Path, cfg: DictConfig, summary: dict[str, Any], module: Any, splits: Any) -> None:
+    """A tested model's files, for a train run and a study's best trial alike: the test predictions with their
+    intervals (calibrated on the held-out cut ends) and their raw-truth scores beside the capped ones, then
+    ``write_results``. ``module``: the tested GraceModule; ``splits``: its datamodule's ``Splits``."""
+    predictions = attach_intervals(cfg, splits.preprocessing, summary, module.test_predictions,
+                                   module.held_out_predictions)
+    predictions = score_raw_truth(summary, predictions, splits.test_rul_raw)
+    write_results(out_dir, summary, predictions, splits.unit_names, module.held_out_predictions)
 
 
 def write_results(out_dir: Path, summary: dict[str, Any], predictions: pd.DataFrame | None,

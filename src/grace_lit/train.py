@@ -20,11 +20,10 @@ from omegaconf import DictConfig
 from grace_lit.config import check_device, validate
 from grace_lit.console import closing, opening, print_config, quiet
 from grace_lit.errors import GraceError, Refused
-from grace_lit.intervals import attach as attach_intervals
 from grace_lit.intervals import check_settings as check_interval_settings
 from grace_lit.io import AtomicCheckpointIO, atomic_write_text
 from grace_lit.module import GraceModule
-from grace_lit.results import run_summary, score_raw_truth, write_failure, write_results
+from grace_lit.results import run_summary, write_failure, write_scored
 
 log = logging.getLogger("grace_lit")
 
@@ -83,10 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = run_summary(cfg, trainer, module, n_params=n_params, wall_time_s=wall_time_s, cpu_time_s=cpu_time_s)
     if not trainer.is_global_zero:  # DDP: every rank scored the whole test set with the same weights
         return summary
-    predictions = attach_intervals(cfg, data.splits.preprocessing, summary, module.test_predictions,
-                                   module.held_out_predictions)
-    predictions = score_raw_truth(summary, predictions, data.splits.test_rul_raw)  # beside the capped scores
-    write_results(out_dir, summary, predictions, data.splits.unit_names, module.held_out_predictions)
+    write_scored(out_dir, cfg, summary, module, data.splits)
     atomic_write_text(out_dir / "preprocessing.json", data.splits.preprocessing.to_json())  # for grace_lit.predict
     log.info("%s", closing(cfg, summary, out_dir))
     return summary

@@ -32,9 +32,8 @@ from grace_lit.callbacks.pruning import OptunaPruning
 from grace_lit.config import check_device, validate
 from grace_lit.console import quiet, shown_path
 from grace_lit.errors import Refused
-from grace_lit.intervals import attach as attach_intervals
 from grace_lit.io import atomic_write_json
-from grace_lit.results import TEST_KEYS, identity, score_raw_truth, write_results
+from grace_lit.results import TEST_KEYS, identity, write_scored
 from grace_lit.train import build, discard_run_dir, refused, user_error
 
 log = logging.getLogger("grace_lit")
@@ -170,10 +169,7 @@ def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
                "study": study.study_name, "trial": best.number, "params": best.params, "checkpoint": str(ckpt),
                "selection_metric": cfg.monitor, "selection_score": best.value,
                **{key: float(metrics[key]) if key in metrics else None for key in TEST_KEYS}}
-    predictions = attach_intervals(best_cfg, data.splits.preprocessing, summary, module.test_predictions,
-                                   module.held_out_predictions)  # as a train run's: the same calibration
-    predictions = score_raw_truth(summary, predictions, data.splits.test_rul_raw)
-    write_results(study_dir, summary, predictions, data.splits.unit_names, module.held_out_predictions)
+    write_scored(study_dir, best_cfg, summary, module, data.splits)  # as a train run's: the same files
     log.info("[%s | protocol=%s] best trial %d: test rmse_last=%.3f rmse_all=%.3f nasa=%.1f -> %s",
              cfg.dataset.name, cfg.protocol.name, best.number, summary["test/rmse_last"], summary["test/rmse_all"],
              summary["test/nasa"], shown_path(result))
