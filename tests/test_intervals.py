@@ -212,6 +212,8 @@ def test_an_ensemble_is_calibrated_on_the_mean_of_its_runs_shared_held_out_windo
     ("interval.ensemble_form", "wide", "interval.ensemble_form='wide' is not one of"),
     ("interval.coverage", 1.0, "interval.coverage=1.0 must lie in (0, 1)"),
     ("interval.spread_floor", -1.0, "interval.spread_floor=-1.0 must be >= 0"),
+    ("interval.calibration_cuts", -1, "interval.calibration_cuts=-1 must be an integer >= 0"),
+    ("interval.calibration_cuts", 2.5, "interval.calibration_cuts=2.5 must be an integer >= 0"),
     ("interval.bands", [70, 30], "interval.bands=[70, 30] must be increasing RUL edges"),
 ])
 def test_bad_interval_settings_are_refused_before_training(holdout_cfg, key, value, message):

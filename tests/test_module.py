@@ -250,19 +250,22 @@ def test_logged_lr_is_the_one_the_epoch_used(tmp_path):
 
 
 class HeldOutData(L.LightningDataModule):
-    """What GraceModule reads of RULDataModule after a test: ``splits.val`` (held-out sequences: unit 1 cut twice,
-    unit 2 once) and ``eval_batch_size`` (3: the held-out windows span several batches)."""
+    """What GraceModule reads of RULDataModule after a test: the held-out sequences (unit 1 cut twice, unit 2
+    once) as ``splits.val`` or, with calibration cuts, as ``splits.calibration`` (``held_as``), and
+    ``eval_batch_size`` (2: the cut ends span two batches)."""
 
-    def __init__(self, with_held_out: bool):
+    def __init__(self, held_as: str | None):
         super().__init__()
         rng = np.random.default_rng(2)
         rows = {u: rng.normal(size=(12, 3)).astype(np.float32) for u in (1, 2)}
         rul = np.linspace(100, 0, 12).astype(np.float32)
         cuts = [UnitSeries(u, rows[u][:n], rul[:n]) for u, n in ((1, 7), (1, 10), (2, 6))]
-        held = WindowSet(cuts, window=5, stride=1, pad_mode="edge", health_thresholds=[30, 70]) if with_held_out \
+        held = WindowSet(cuts, window=5, stride=1, pad_mode="edge", health_thresholds=[30, 70]) if held_as \
             else None
-        self.splits = SimpleNamespace(train=tiny_batch(), val=held, test=tiny_batch())
-        self.eval_batch_size = 3
+        other = tiny_batch() if held_as == "calibration" else None  # selection's cuts: not what calibrates
+        self.splits = SimpleNamespace(train=tiny_batch(), val=held if held_as == "val" else other, test=tiny_batch(),
+                                      calibration=held if held_as == "calibration" else None)
+        self.eval_batch_size = 2
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.splits.train, batch_size=8, collate_fn=batch_as_is)
@@ -271,12 +274,12 @@ class HeldOutData(L.LightningDataModule):
         return DataLoader(self.splits.test, batch_size=16, collate_fn=batch_as_is)
 
 
-@pytest.mark.parametrize("with_held_out", [True, False])
-def test_held_out_windows_are_scored_by_the_tested_weights(with_held_out):
-    """calibration.csv's rows: every held-out window scored by the weights ``trainer.test`` scored (EMA shadow
-    in, not the live weights), each window named by unit, cut and last row; none without held-out units."""
+@pytest.mark.parametrize("held_as", ["val", "calibration", None])
+def test_held_out_windows_are_scored_by_the_tested_weights(held_as):
+    """calibration.csv's rows: each held-out cut's last window scored by the weights ``trainer.test`` scored (EMA
+    shadow in, not the live weights), named by unit, cut and last row; none without held-out units."""
     from grace_lit.callbacks.ema import EMAWeights
-    data, ema = HeldOutData(with_held_out), EMAWeights(decay=0.5)
+    data, ema = HeldOutData(held_as), EMAWeights(decay=0.5)
     module = GraceModule(tiny_model(), GABA(warmup_steps=0), WMSE(125.0), partial(torch.optim.SGD, lr=0.5),
                          grad_clip=1.0)
     trainer = L.Trainer(accelerator="cpu", max_steps=4, precision="64-true", logger=False, callbacks=[ema],
@@ -285,13 +288,13 @@ def test_held_out_windows_are_scored_by_the_tested_weights(with_held_out):
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)
     frame = module.held_out_predictions
-    if not with_held_out:
+    if held_as is None:
         assert frame is None
         return
-    held = data.splits.val
+    held = getattr(data.splits, held_as)
     module.eval()  # trainer.test hands the module back in training mode
     with torch.no_grad():
-        x = held.__getitems__(list(range(len(held))))[0].double()
+        x = held.__getitems__([2, 8, 10])[0].double()  # the three cuts' last windows (3, 6 and 2 windows each)
         live = module.model(x)[0].numpy()
         ema.swap_in(module)
         shadow = module.model(x)[0].numpy()
@@ -299,8 +302,7 @@ def test_held_out_windows_are_scored_by_the_tested_weights(with_held_out):
     assert np.abs(shadow - live).max() > 1e-6  # the two weight sets differ, so the check below tells them apart
     np.testing.assert_allclose(frame["rul_pred"], shadow, rtol=0, atol=1e-12)
     assert list(frame.columns) == ["unit", "cut", "row", "rul_true", "rul_pred", "is_last"]
-    assert frame["unit"].tolist() == [1] * 3 + [1] * 6 + [2] * 2  # 7, 10 and 6 rows: 3, 6 and 2 windows of 5
-    assert frame["cut"].tolist() == [0] * 3 + [1] * 6 + [0] * 2
-    assert frame["row"].tolist() == [5, 6, 7, 5, 6, 7, 8, 9, 10, 5, 6]
-    assert frame.loc[frame.is_last, "row"].tolist() == [7, 10, 6]
-    np.testing.assert_array_equal(frame["rul_true"], held.rul.numpy())
+    assert frame["unit"].tolist() == [1, 1, 2]  # cuts of 7, 10 and 6 rows
+    assert frame["cut"].tolist() == [0, 1, 0] and frame["is_last"].all()
+    assert frame["row"].tolist() == [7, 10, 6]
+    np.testing.assert_array_equal(frame["rul_true"], held.rul.numpy()[[2, 8, 10]])

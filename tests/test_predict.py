@@ -24,7 +24,7 @@ from grace_lit.predict import main, predict
 from test_table import nasa_as_csv
 
 TINY = ["model=small", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "protocol=holdout",
-        "protocol.val_cuts=5"]  # holdout: the runs calibrate intervals on 20 held-out units cut 5 times
+        "protocol.val_cuts=5", "interval.calibration_cuts=8"]  # holdout: 20 held-out units, 8 calibration cuts
 FEATURES = [f"sensor_{s}" for s in SENSORS]
 
 
@@ -67,20 +67,20 @@ def test_table_run_trains_exactly_as_the_cmapss_run(runs):
     assert pa[["rul_lo", "rul_hi"]].equals(pb[["rul_lo", "rul_hi"]])
 
 
-def test_a_holdout_run_writes_its_calibration_and_its_intervals_measured_coverage(runs):
-    """calibration.csv: the cut ends of the held-out units (20 units cut 5 times) by the tested weights; predictions.csv's
-    intervals and metrics.json's empirical coverage, overall and per true-RUL band, agree with each other."""
+def test_a_holdout_run_writes_its_calibration_and_its_intervals_measured_coverage(runs, cmapss_dir):
+    """calibration.csv: the cut ends of the held-out units (20 units cut 8 times), the truth the life left after
+    the cut (capped), as the NASA file has it; predictions.csv's intervals and metrics.json's empirical coverage,
+    overall and per true-RUL band, agree with each other."""
     metrics = json.loads((runs["cmapss"] / "metrics.json").read_text())
     held = pd.read_csv(runs["cmapss"] / "calibration.csv")
-    last = held[held.is_last]
-    assert held["unit"].nunique() == 20 and len(last) == len(held) == 100
-    assert sorted(held["cut"].unique()) == [0, 1, 2, 3, 4]
-    rmse = ((last.rul_pred - last.rul_true) ** 2).mean() ** 0.5
-    assert abs(rmse - metrics["selection_score"]) < 1e-3  # the selected weights, as selection scored them
+    assert held["unit"].nunique() == 20 and len(held) == 160 and held["is_last"].all()
+    assert held.groupby("unit")["cut"].apply(list).map(list(range(8)).__eq__).all()
+    life = pd.Series(read_nasa(cmapss_dir / "train_FD001.txt")[:, 0]).value_counts()  # rows per unit
+    np.testing.assert_array_equal(held.rul_true, np.minimum(life[held.unit].to_numpy() - held.row, 125))
     predictions = pd.read_csv(runs["cmapss"] / "predictions.csv")
     assert list(predictions.columns[:6]) == ["unit", "rul_true", "rul_pred", "health_true", "health_pred", "rul_lo"]
     assert (predictions.coverage == 0.9).all() and (predictions.rul_lo <= predictions.rul_hi).all()
-    assert metrics["interval/form"] == "mondrian" and metrics["interval/calibration_points"] == 100
+    assert metrics["interval/form"] == "mondrian" and metrics["interval/calibration_points"] == 160
     inside = (predictions.rul_lo <= predictions.rul_true) & (predictions.rul_true <= predictions.rul_hi)
     assert metrics["test/interval_coverage"] == pytest.approx(inside.mean())
     assert metrics["test/interval_width"] == pytest.approx((predictions.rul_hi - predictions.rul_lo).mean(), rel=1e-6)

@@ -60,6 +60,29 @@ def test_each_held_out_unit_contributes_val_cuts_sequences():
     assert set(splits.train.unit.unique().tolist()) == {1, 2, 4}
 
 
+def test_calibration_cuts_are_cut_ends_of_a_draw_of_their_own():
+    """interval.calibration_cuts: each held-out unit cut K more times at cycles from default_rng([split_seed, 1]),
+    one window per cut (its last, the window selection sees at that row, truth = the life left, capped); the
+    selection cuts stay what they are without them."""
+    source = fleet()
+    plain = source.build(np.array([1, 2, 4]), np.array([3, 5]), seed=7, val_cuts=3)
+    splits = source.build(np.array([1, 2, 4]), np.array([3, 5]), seed=7, val_cuts=3, calibration_cuts=6)
+    assert plain.calibration is None
+    for name in ("series", "starts", "rul", "is_last"):
+        assert torch.equal(getattr(splits.val, name), getattr(plain.val, name)), name
+    cal, lengths = splits.calibration, np.array([61, 90])
+    expected = np.random.default_rng([7, 1]).integers(WINDOW, lengths[:, None] + 1, size=(2, 6))
+    assert len(cal) == 12 and bool(cal.is_last.all()) and cal.unit.tolist() == [3] * 6 + [5] * 6
+    assert (cal.end_row + 1).tolist() == expected.ravel().tolist()
+    assert cal.rul.tolist() == np.minimum(lengths[:, None] - expected, 50).ravel().tolist()
+    val_rows = {(int(u), int(r)): i for i, (u, r) in enumerate(zip(splits.val.unit, splits.val.end_row))}
+    shared = [(i, val_rows[key]) for i, key in enumerate(zip(cal.unit.tolist(), cal.end_row.tolist()))
+              if key in val_rows]
+    assert shared  # windows at rows selection also scores: the same inputs
+    for i, j in shared:
+        assert torch.equal(cal[i][0], splits.val[j][0])
+
+
 def test_one_cut_is_todays_draw():
     """val_cuts=1 draws exactly the cut points the single-cut holdout always drew: rng.integers(low, L + 1)."""
     lengths = np.array([61, 90, 40])

@@ -1,17 +1,19 @@
 """Prediction intervals around RUL predictions, calibrated on held-out units (split conformal, via ``crepes``).
 
-**What calibrates.** Under ``protocol=holdout`` every run writes ``calibration.csv``: the held-out cuts' last
-windows scored by the tested weights. Only the *last window of each cut* (``is_last``) calibrates. The test set scores each
-test unit's last window, and a test unit is a whole unit cut before failure at one random cycle; each held-out
-unit is a whole training unit (a seeded draw from the same fleet, never trained on) cut ``protocol.val_cuts``
-times at seeded cycles drawn uniformly over its life, so a cut's last window is drawn the way a test unit's last
-window is: same population of units, same kind of cut, same one-window-per-sequence scoring. The other windows
-of a cut are not: every cut contributes all its earlier windows, which over-weights early life (high RUL) and
-repeats one unit's error many times. The points are exchangeable with the test points only approximately: the
-cuts of one unit share that unit (the guarantee holds per unit, not per cut), the selected checkpoint was chosen
-on these same held-out units (slightly optimistic residuals), and the NASA test files' cut distribution is not
-exactly the uniform one the held-out cuts use. Hence the coverage on the test set is measured, not assumed
-(``python -m grace_lit.intervals RUN_DIR ...``), and metrics.json records it.
+**What calibrates.** Under ``protocol=holdout`` every run writes ``calibration.csv``: held-out cut ends scored by
+the tested weights. The test set scores each test unit's last window, and a test unit is a whole unit cut before
+failure at one random cycle; each held-out unit is a whole training unit (a seeded draw from the same fleet, never
+trained on) cut ``interval.calibration_cuts`` times at seeded cycles drawn uniformly over its life (a draw of
+their own, apart from the ``protocol.val_cuts`` that selection sees), so a cut's last window is drawn the way a
+test unit's last window is: same population of units, same kind of cut, same one-window-per-sequence scoring.
+Only cut ends calibrate, never a cut's earlier windows: those over-weight early life (high RUL). Many cuts per
+unit give each Mondrian band enough points that the conformal rank's finite-sample margin (a band of n points
+covers ceil(0.9 (n + 1)) / (n + 1) in expectation: 0.92 at n = 12) is small; ``calibration_cuts=0`` calibrates
+on the selection cuts' ends instead (runs before the key existed). The points are exchangeable with the test
+points only approximately: the cuts of one unit share that unit (the guarantee holds per unit, not per cut),
+the selected checkpoint was chosen on these same held-out units (slightly optimistic residuals), and the NASA
+test files' cut distribution is not exactly the uniform one the held-out cuts use. Hence the coverage on the
+test set is measured, not assumed (``python -m grace_lit.intervals RUN_DIR ...``), and metrics.json records it.
 
 **Forms** (conf/interval/): ``plain`` split conformal gives every prediction the same half-width, the
 ``coverage`` quantile of the calibration points' absolute residuals; ``mondrian`` does the same within each band
@@ -116,6 +118,10 @@ def check_settings(cfg: DictConfig) -> None:
     if not 0 < interval.coverage < 1:
         raise GraceError(f"interval.coverage={interval.coverage} must lie in (0, 1). Fix: e.g. "
                          f"interval.coverage=0.9.")
+    cuts = interval.get("calibration_cuts", 0)
+    if not isinstance(cuts, int) or isinstance(cuts, bool) or cuts < 0:
+        raise GraceError(f"interval.calibration_cuts={cuts} must be an integer >= 0 (cuts per held-out unit; 0: "
+                         f"the selection cuts' ends). Fix: e.g. interval.calibration_cuts=20.")
     if interval.spread_floor < 0:
         raise GraceError(f"interval.spread_floor={interval.spread_floor} must be >= 0. Fix: e.g. "
                          f"interval.spread_floor=1.0.")
@@ -254,7 +260,7 @@ def from_run_dir(run_dir: Path, cfg: DictConfig, prep: Preprocessing) -> tuple[C
 
 # ------------------------------------------------------------------ seed ensembles
 SPLIT_KEYS = ("protocol.name", "dataset.name", "data.split_seed", "protocol.holdout_fraction", "protocol.folds",
-              "protocol.fold", "protocol.val_cuts")
+              "protocol.fold", "protocol.val_cuts", "interval.calibration_cuts")
 LOCAL_KEYS = ("data_dir", "cache_dir")  # where a machine keeps the files, not what they are
 
 

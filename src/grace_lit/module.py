@@ -161,17 +161,19 @@ class GraceModule(L.LightningModule):
         self.held_out_predictions = self._held_out_predictions()
 
     def _held_out_predictions(self) -> pd.DataFrame | None:
-        """Every held-out window (protocol=holdout) scored by the weights the test set was just scored with (the
-        selected checkpoint, EMA shadow still swapped in: this runs before the callbacks' ``on_test_end``), with the
-        test step's input conversion and precision context. None without held-out units (protocol=paper)."""
-        held = getattr(getattr(getattr(self.trainer, "datamodule", None), "splits", None), "val", None)
+        """The held-out cut ends that calibrate the intervals (the calibration cuts, else the selection cuts' ends)
+        scored by the weights the test set was just scored with (the selected checkpoint, EMA shadow still
+        swapped in: this runs before the callbacks' ``on_test_end``), with the test step's input conversion and
+        precision context. None without held-out units (protocol=paper)."""
+        splits = getattr(getattr(self.trainer, "datamodule", None), "splits", None)
+        held = None if splits is None else splits.val if splits.calibration is None else splits.calibration
         if held is None:
             return None
+        ends = torch.nonzero(held.is_last).flatten()
         size, precision = self.trainer.datamodule.eval_batch_size, self.trainer.precision_plugin
         preds = []
         with torch.no_grad(), precision.test_step_context():
-            for start in range(0, len(held), size):
-                index = torch.arange(start, min(start + size, len(held)), device=held.starts.device)
+            for index in ends.split(size):
                 preds.append(self.model(precision.convert_input(held.__getitems__(index)[0]))[0])
         rul_pred = torch.cat(preds)
         return held_out_frame(held, rul_pred.to(torch.promote_types(rul_pred.dtype, torch.float32)).cpu().numpy())
@@ -194,12 +196,13 @@ class GraceModule(L.LightningModule):
 
 
 def held_out_frame(held: WindowSet, rul_pred: np.ndarray) -> pd.DataFrame:
-    """One row per held-out window: unit, cut (0 .. protocol.val_cuts - 1: which seeded cut of the unit the
-    window's sequence is), row (the window's last row within the unit, 1-based), rul_true, rul_pred, is_last (the
-    cut's last window: what a test unit's last window is scored like)."""
+    """One row per held-out cut end (``rul_pred``: theirs, in order): unit, cut (0 .. cuts - 1: which seeded cut
+    of the unit the window's sequence is), row (the cut's last row within the unit, 1-based), rul_true, rul_pred,
+    is_last (always true: what a test unit's last window is scored like; kept for calibration.csv's readers)."""
     is_last = held.is_last.cpu().numpy()
-    unit = held.unit.cpu().numpy()
-    sequence = np.cumsum(is_last) - is_last  # sequences are contiguous; each ends at its is_last window
+    unit = held.unit.cpu().numpy()[is_last]
+    sequence = np.arange(len(unit))  # sequences are contiguous, a unit's cuts in a row
     first = pd.Series(sequence).groupby(unit).transform("min").to_numpy()
-    return pd.DataFrame({"unit": unit, "cut": sequence - first, "row": held.end_row + 1,
-                         "rul_true": held.rul.cpu().numpy(), "rul_pred": rul_pred, "is_last": is_last})
+    return pd.DataFrame({"unit": unit, "cut": sequence - first, "row": held.end_row[is_last] + 1,
+                         "rul_true": held.rul.cpu().numpy()[is_last], "rul_pred": rul_pred,
+                         "is_last": np.ones(len(unit), dtype=bool)})

@@ -106,12 +106,11 @@ def write_scored(out_dir: Path, cfg: DictConfig, summary: dict[str, Any], module
 def write_results(out_dir: Path, summary: dict[str, Any], predictions: pd.DataFrame | None,
                   unit_names: dict[int, str], held_out: pd.DataFrame | None = None) -> None:
     """``unit_names``: the units as the user's table names them (``Splits.unit_names``), as predict prints them.
-    ``held_out``: the held-out windows scored by the tested weights (protocol=holdout); their cut ends, which
-    calibrate the intervals (``grace_lit.intervals``), are written as ``calibration.csv``, from which intervals are
-    calibrated later without the checkpoint (every window would make the file 50-100 times larger)."""
+    ``held_out``: the held-out cut ends scored by the tested weights (protocol=holdout), which calibrate the
+    intervals (``grace_lit.intervals``), written as ``calibration.csv``: intervals are calibrated again later
+    without the checkpoint."""
     if held_out is not None:
-        ends = held_out[held_out["is_last"]].reset_index(drop=True)
-        atomic_write_csv(out_dir / "calibration.csv", named_units(ends, unit_names))
+        atomic_write_csv(out_dir / "calibration.csv", named_units(held_out, unit_names))
     if predictions is not None:
         atomic_write_csv(out_dir / "predictions.csv", named_units(predictions, unit_names))
     atomic_write_json(out_dir / "metrics.json", summary)

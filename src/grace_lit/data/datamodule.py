@@ -1,4 +1,5 @@
-"""LightningDataModule over any reader with ``train_units()`` and ``build(fit_units, val_units, seed, val_cuts)``.
+"""LightningDataModule over any reader with ``train_units()`` and
+``build(fit_units, val_units, seed, val_cuts, calibration_cuts)``.
 
 The protocol decides what the per-epoch evaluation sees: ``paper`` evaluates on the test set, ``holdout`` on
 held-out training units (the test set is then only used by ``trainer.test``): a seeded share of them, or with
@@ -44,7 +45,8 @@ class DeviceBatchSampler(BatchSampler):
 
 class RULDataModule(L.LightningDataModule):
     def __init__(self, source: Any, protocol: str, holdout_fraction: float, batch_size: int, eval_batch_size: int,
-                 seed: int, split_seed: int | None = None, folds: int = 1, fold: int = 0, val_cuts: int = 1):
+                 seed: int, split_seed: int | None = None, folds: int = 1, fold: int = 0, val_cuts: int = 1,
+                 calibration_cuts: int = 0):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise GraceError(f"protocol={protocol!r} is not one of {PROTOCOLS}.")
@@ -56,7 +58,7 @@ class RULDataModule(L.LightningDataModule):
         self.source, self.protocol, self.holdout_fraction = source, protocol, holdout_fraction
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.split_seed = seed if split_seed is None else split_seed
-        self.folds, self.fold, self.val_cuts = folds, fold, val_cuts
+        self.folds, self.fold, self.val_cuts, self.calibration_cuts = folds, fold, val_cuts, calibration_cuts
         self.splits: Splits | None = None
 
     @property
@@ -72,9 +74,9 @@ class RULDataModule(L.LightningDataModule):
                 fit, held = split_units(units, self.holdout_fraction, self.split_seed)
             else:
                 fit, held = units, np.array([], dtype=np.int64)
-            self.splits = self.source.build(fit, held, self.split_seed, self.val_cuts)
+            self.splits = self.source.build(fit, held, self.split_seed, self.val_cuts, self.calibration_cuts)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        for part in (self.splits.train, self.splits.val, self.splits.test):
+        for part in (self.splits.train, self.splits.val, self.splits.test, self.splits.calibration):
             if part is not None:
                 part.to(device)  # once per run: a few MB even for FD004
 

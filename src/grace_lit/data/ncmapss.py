@@ -211,9 +211,11 @@ class NCMAPSS:
                                   prep.rul(part.rul[rows], test), health))
         return out
 
-    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int, val_cuts: int = 1) -> Splits:
+    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int, val_cuts: int = 1,
+              calibration_cuts: int = 0) -> Splits:
         """Windows for fitting (scaler fitted on these units only), held-out whole dev units and all test units.
-        ``seed`` is part of the reader contract; nothing here is random (held-out units are not cut)."""
+        ``seed`` and ``calibration_cuts`` are part of the reader contract; nothing here is random (held-out units
+        are not cut, so the intervals calibrate on the held-out units' last windows)."""
         if val_cuts != 1:
             raise GraceError(f"protocol.val_cuts={val_cuts}: DS02 holds out whole units run to failure, which "
                              f"are not cut. Fix: protocol.val_cuts=1.")

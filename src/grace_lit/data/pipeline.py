@@ -17,6 +17,10 @@ from grace_lit.errors import GraceError
 
 log = logging.getLogger(__name__)
 
+# the calibration cuts draw from np.random.default_rng([split_seed, CALIBRATION_STREAM]): apart from the selection
+# cuts (default_rng(split_seed)), so adding calibration changes neither the held-out set nor what selection sees
+CALIBRATION_STREAM = 1
+
 
 @dataclass
 class Runs:
@@ -55,6 +59,8 @@ class Splits:
     # test unit id -> its true RUL after its last row, never capped (C-MAPSS: the RUL_FD00x file's value): the
     # truth of each unit's last window that metrics.json's test/*_raw scores use beside the capped test/* ones
     test_rul_raw: dict[int, float] = field(default_factory=dict)
+    # protocol=holdout with interval.calibration_cuts: the held-out units' calibration cut ends, one window each
+    calibration: WindowSet | None = None
 
 
 def cut_test_units(runs: Runs, fraction: float, seed: int, window: int) -> tuple[Runs, Runs, dict[int, float]]:
@@ -137,24 +143,31 @@ class RunToFailure:
                              f"{runs.row[rows.start]}, column {self.spec['unit']!r}). Fix: choose dataset.window "
                              f"<= {n}, or remove that unit from the training table.")
 
-    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int, val_cuts: int = 1) -> Splits:
+    def build(self, fit_units: np.ndarray, val_units: np.ndarray, seed: int, val_cuts: int = 1,
+              calibration_cuts: int = 0) -> Splits:
         """Windows for fitting (preprocessing fitted on these units only), held-out validation units (each cut
-        ``val_cuts`` times at seeded cycles; every cut is its own sequence) and the test units."""
+        ``val_cuts`` times at seeded cycles; every cut is its own sequence) and the test units; with
+        ``calibration_cuts``, the held-out units cut that many more times, only each cut's last window kept: the
+        points that calibrate the prediction intervals (grace_lit.intervals)."""
         fit = self.train.take(np.isin(self.train.unit, fit_units))
         self._check_lengths(fit, self.spec["window"])
         prep = Preprocessing(**self.spec).fit(fit.features, fit.conditions)
         windows = dict(window=prep.window, pad_mode=prep.pad_mode, health_thresholds=prep.health_thresholds)
         train = WindowSet(series(fit, prep, test=False), stride=self.stride, **windows)
-        val = None
+        val = calibration = None
         if len(val_units):
             held = self.train.take(np.isin(self.train.unit, val_units))
             lengths = np.array([s.stop - s.start for s in held.units()])
             cuts = truncation_lengths(lengths, prep.window, seed, val_cuts)
             val = WindowSet(series(held, prep, test=True, cuts=cuts), stride=prep.eval_stride, **windows)
+            if calibration_cuts:
+                ends = truncation_lengths(lengths, prep.window, [seed, CALIBRATION_STREAM], calibration_cuts)
+                # a stride as long as the longest cut keeps each cut's last window only
+                calibration = WindowSet(series(held, prep, test=True, cuts=ends), stride=int(ends.max()), **windows)
         test = WindowSet(series(self.test, prep, test=True, after_last=self.test_rul), stride=prep.eval_stride,
                          **windows)
         raw = {int(u): float(self.test_rul[int(u)]) for u in np.unique(self.test.unit)}
-        return Splits(train, val, test, prep, self.test.names, raw)
+        return Splits(train, val, test, prep, self.test.names, raw, calibration)
 
 
 def series(runs: Runs, prep: Preprocessing, test: bool, after_last: dict[int, float] | None = None,

@@ -207,7 +207,7 @@ def fold_units(units: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.
     return np.setdiff1d(units, held), held
 
 
-def truncation_lengths(lengths: np.ndarray, window: int, seed: int, cuts: int = 1) -> np.ndarray:
+def truncation_lengths(lengths: np.ndarray, window: int, seed: int | list[int], cuts: int = 1) -> np.ndarray:
     """Seeded cut points, (units, cuts), each uniform in [min(window, L), L], so held-out units end before
     failure like the NASA test units do (and the last window's RUL is not always 0)."""
     lengths = np.asarray(lengths)
