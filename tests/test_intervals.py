@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from conftest import REPO, composed
 from grace_lit.data.preprocess import Preprocessing
 from grace_lit.errors import GraceError
 from grace_lit.intervals import (MISSING_REASON, PAPER_REASON, Calibration, calibrate, check_settings, coverage_by_band,
-                                 ensemble_difference, ensemble_held_out, for_run, summary_keys, with_intervals)
+                                 ensemble_difference, ensemble_held_out, for_run, held_out_band_gap, summary_keys,
+                                 with_intervals)
 from grace_lit.intervals import main as intervals_main
 
 EDGES = [30.0, 70.0]
@@ -165,6 +167,20 @@ def test_a_holdout_run_calibrates_on_the_cut_ends_only(holdout_cfg):
     assert calibration.high == 125.0
 
 
+@pytest.mark.parametrize("n, expected", [(9, 1.0), (24, 23 / 24)])
+def test_held_out_gap_calibrates_each_half_of_the_units_on_the_other(holdout_cfg, n, expected):
+    """Units 2 and 4 repeat units 1 and 3 exactly, so each alternate half calibrates on the residuals it is
+    scored on: the in-sample coverage of crepes' rank (9 points: too few, unbounded, all covered; 24: the 2nd
+    largest, 23 of 24), in the one band the truths fall in (RUL 100, >= 70); the gap is its distance from 0.9."""
+    residuals = np.arange(1.0, n + 1)
+    unit = np.repeat([1, 3], [n - n // 2, n // 2])  # a half's n points, over two units
+    half = pd.DataFrame({"unit": unit, "cut": 0, "row": 40, "rul_true": 100.0, "rul_pred": 100.0 - residuals,
+                         "is_last": True})
+    held = pd.concat([half, half.assign(unit=half.unit + 1)])
+    cfg = edited(holdout_cfg, interval__form="plain")
+    assert held_out_band_gap(held, "plain", cfg, prep()) == pytest.approx(abs(expected - NOMINAL))
+
+
 def write_held_out(root: Path, name: str, held: pd.DataFrame) -> Path:
     (root / name).mkdir()
     held.to_csv(root / name / "calibration.csv", index=False)
@@ -239,6 +255,30 @@ def test_measurement_cli_recomputes_a_committed_runs_interval_and_its_band_gap(t
         (written["test/interval_coverage"], written["test/interval_width"], written["test/interval_coverage_rul30-70"]))
     gaps = {form: np.mean([abs(row[f"coverage_rul{b}"] - NOMINAL) for b in ("<30", "30-70", ">=70")])
             for form, row in rows.items()}
-    line = capsys.readouterr().out.splitlines()[-1]
-    assert line == "band_gap over every run and subset: " + ", ".join(
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3] == "band gap on the test sets (reported, chooses nothing), every run and subset: " + ", ".join(
         f"{form} {gap:.3f}" for form, gap in sorted(gaps.items(), key=lambda kv: kv[1]))
+    held = {form: row["held_out_gap"] for form, row in rows.items()}
+    assert lines[-1] == "band gap on held-out units (chooses the default form), every run and subset: " + ", ".join(
+        f"{form} {gap:.3f}" for form, gap in sorted(held.items(), key=lambda kv: kv[1]))
+    # a test set of 100 units: an exactly calibrated 90% interval covers 84 to 95 of them 95% of the time
+    assert next(line for line in lines if line.startswith("FD001   mondrian")).endswith("0.84-0.95")
+
+
+def test_measurement_cli_ensemble_of_identical_runs_is_the_run_itself(tmp_path, capsys):
+    """``--ensemble`` averages each dataset's runs: two copies of one committed run average to it, with no spread,
+    so the ensemble's plain and mondrian rows are the run's own, and spread (each residual over spread_floor alone)
+    covers as plain does."""
+    run = REPO / "results" / "cpu_campaign" / "FD001_grace_holdout" / "s42"
+    copies = [shutil.copytree(run, tmp_path / name) for name in ("a", "b")]
+    intervals_main([*map(str, copies), "--ensemble", "--json", str(tmp_path / "rows.json")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    single = {row["form"]: row for row in rows if row["seed"] == 42 and row["run"] == str(copies[0])}
+    ensemble = {row["form"]: row for row in rows if row["seed"] == "mean of 2"}
+    assert set(ensemble) == {"plain", "mondrian", "spread"}
+    for form in ("plain", "mondrian"):
+        assert ensemble[form]["coverage"] == pytest.approx(single[form]["coverage"])
+        assert ensemble[form]["held_out_gap"] == pytest.approx(single[form]["held_out_gap"])
+    assert ensemble["spread"]["coverage"] == pytest.approx(single["plain"]["coverage"])
+    assert "FD001   mondrian" in capsys.readouterr().out
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -112,12 +113,17 @@ def test_failed_and_unfinished_runs_are_listed(sweep: Path):
 
 
 def test_committed_results_regenerate_byte_for_byte_from_another_checkout(tmp_path: Path):
-    """A fresh clone elsewhere: the committed results copied away, the report rebuilt there from its run folders."""
+    """A fresh clone elsewhere: the committed results copied away, the report rebuilt there by results/README.md's
+    own command (every sweep folder but the reruns of runs already in it, which would count twice)."""
     clone = tmp_path / "elsewhere"
     shutil.copytree(REPO / "results", clone / "results")
-    sweeps = sorted(p.relative_to(clone).as_posix() for p in (clone / "results").iterdir() if p.is_dir())
-    made = subprocess.run([sys.executable, "-m", "grace_lit.report", *sweeps, "--out", "results", "--no-plots"],
-                          cwd=clone, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    command = re.search(r"`python -m grace_lit\.report ([^`]*)`", (REPO / "results" / "README.md").read_text())
+    args = command.group(1).split()
+    sweeps = [a for a in args if a.startswith("results/")]
+    assert set(sweeps) == {p.relative_to(clone).as_posix() for p in (clone / "results").iterdir() if p.is_dir()} - {
+        "results/cpu_intervals"}
+    made = subprocess.run([sys.executable, "-m", "grace_lit.report", *args], cwd=clone, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-3000:]
     for name in ("report.md", "report.csv", "runs.csv", "paired.csv"):
         assert (clone / "results" / name).read_bytes() == (REPO / "results" / name).read_bytes(), name
@@ -230,3 +236,14 @@ def test_the_scores_against_the_raw_truth_stand_beside_the_capped_ones(tmp_path:
     text = (tmp_path / "report.md").read_text()
     assert "test RMSE vs raw truth (last window) | test NASA score vs raw truth |" in text
     assert "| 14.000 ± 1.414 | 19.000 ± 1.414 | 300.0 ± 0.0 | 0.500 ± 0.000 | 22.000 ± 2.828 | 900.0 ± 0.0 |" in text
+
+
+def test_readme_campaign_tables_are_what_the_committed_runs_give():
+    """README's two CPU-campaign tables (controllers; GRACE against the plain loop) are what
+    results/cpu_campaign/tables.py prints from the committed runs.csv, paired.csv and plain_reference/."""
+    out = subprocess.run([sys.executable, "results/cpu_campaign/tables.py"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    tables = out.strip().split("\n\n")
+    readme = (REPO / "README.md").read_text()
+    assert len(tables) == 2 and all(table in readme for table in tables)
+    assert tables[0].splitlines()[2].startswith("| GRACE | ")
