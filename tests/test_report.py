@@ -238,12 +238,15 @@ def test_the_scores_against_the_raw_truth_stand_beside_the_capped_ones(tmp_path:
     assert "| 14.000 ± 1.414 | 19.000 ± 1.414 | 300.0 ± 0.0 | 0.500 ± 0.000 | 22.000 ± 2.828 | 900.0 ± 0.0 |" in text
 
 
-def test_readme_campaign_tables_are_what_the_committed_runs_give():
-    """README's two CPU-campaign tables (controllers; GRACE against the plain loop) are what
-    results/cpu_campaign/tables.py prints from the committed runs.csv, paired.csv and plain_reference/."""
+def test_campaign_tables_in_the_readmes_are_what_the_committed_runs_give():
+    """README's two CPU-campaign tables (controllers; GRACE against the plain loop) and the campaign README's
+    plain-loop and per-subset tables are what results/cpu_campaign/tables.py prints from the committed runs.csv,
+    paired.csv and plain_reference/."""
     out = subprocess.run([sys.executable, "results/cpu_campaign/tables.py"], cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True).stdout
-    tables = out.strip().split("\n\n")
-    readme = (REPO / "README.md").read_text()
-    assert len(tables) == 2 and all(table in readme for table in tables)
-    assert tables[0].splitlines()[2].startswith("| GRACE | ")
+    controllers, plain, *subsets = out.strip().split("\n\n")
+    readme, campaign = (REPO / "README.md").read_text(), (REPO / "results/cpu_campaign/README.md").read_text()
+    assert controllers in readme and plain in readme and plain in campaign
+    assert controllers.splitlines()[2].startswith("| GRACE | ")
+    assert subsets[0::2] == ["FD001:", "FD002:", "FD003:", "FD004:"]
+    assert all(f"{name}\n\n{table}" in campaign for name, table in zip(subsets[0::2], subsets[1::2]))

@@ -1,7 +1,8 @@
-"""The README's two CPU-campaign tables, as markdown, from the committed files alone: the controllers (mean ± sd of
-the last-window test RMSE per subset, and the paired difference from GRACE with its 95% bootstrap interval, from
-``paired.csv``), then GRACE against the plain 2x64 LSTM loop at matched CPU time (``plain_reference/``). Test truth
-capped at 125 throughout, as in ``runs.csv``.
+"""The CPU campaign's tables, as markdown, from the committed files alone: the README's two (the controllers: mean ±
+sd of the last-window test RMSE per subset and the paired difference from GRACE with its 95% bootstrap interval,
+from ``paired.csv``; GRACE against the plain 2x64 LSTM loop at matched CPU time, ``plain_reference/``), then this
+folder's README's one per subset (with the NASA score, the Wilcoxon p and the median CPU seconds of a run). Test
+truth capped at 125 throughout, as in ``runs.csv``.
 
     .venv/bin/python results/cpu_campaign/tables.py [results/cpu_campaign]
 """
@@ -33,11 +34,38 @@ def row_name(loss: str, variant: str) -> str:
     return ROWS[(loss, extra)]
 
 
-def controllers(root: Path) -> str:
+def completed(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """runs.csv's completed runs, each named by its row and arm; paired.csv indexed by (dataset, arm)."""
     runs = pd.read_csv(root / "runs.csv").query("status == 'completed'")
     runs["row"] = [row_name(loss, variant) for loss, variant in zip(runs["loss"], runs["variant"])]
     runs["arm"] = [arm_label(*a) for a in zip(runs["loss"], runs["rul_loss"], runs["variant"])]
-    paired = pd.read_csv(root / "paired.csv").set_index(["dataset", "arm"])
+    return runs, pd.read_csv(root / "paired.csv").set_index(["dataset", "arm"])
+
+
+def subset(root: Path, dataset: str) -> str:
+    runs, paired = completed(root)
+    lines = ["| controller | runs | test RMSE | NASA | vs GRACE: mean diff [95% CI] | Wilcoxon p | CPU s/run |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ROWS.values():
+        mine = runs[(runs["row"] == name) & (runs["dataset"] == dataset)]
+        if mine.empty:
+            continue
+        key = (dataset, mine["arm"].iloc[0])
+        if name == "GRACE" or key not in paired.index:
+            versus, p = "—", "—"
+        else:
+            pair = paired.loc[key]
+            versus = "{mean_diff:+.2f} [{ci_low:+.2f}, {ci_high:+.2f}] ({n_pairs} pairs)".format(**pair)
+            p = f"{pair['p_wilcoxon']:.3f}"
+        rmse, nasa = mine["test/rmse_last"], mine["test/nasa"]
+        lines.append(f"| {'GRACE (GABA + WMSE + AWD)' if name == 'GRACE' else name} | {len(mine)} | "
+                     f"{rmse.mean():.2f} ± {rmse.std():.2f} | {nasa.mean():.0f} ± {nasa.std():.0f} | {versus} | {p} | "
+                     f"{mine['cpu_time_s'].median():.0f} |")
+    return "\n".join(lines)
+
+
+def controllers(root: Path) -> str:
+    runs, paired = completed(root)
     head = "| controller | " + " | ".join(f"{d} | vs GRACE" for d in DATASETS) + " |"
     lines = [head, "|---" * (1 + 2 * len(DATASETS)) + "|"]
     for name in ROWS.values():
@@ -85,6 +113,8 @@ def plain(root: Path) -> str:
 def main(argv: list[str]) -> None:
     root = Path(argv[0]) if argv else Path(__file__).resolve().parent
     print(controllers(root) + "\n\n" + plain(root))
+    for dataset in DATASETS:
+        print(f"\n{dataset}:\n\n{subset(root, dataset)}")
 
 
 if __name__ == "__main__":
