@@ -16,6 +16,7 @@ declare -A VARIANTS=(
   [lr5e-4]="optimizer.lr=5e-4"
   [dropout0.3]="model.backbone.dropout=0.3 model.dropout=0.3"
   [wd1e-3]="optimizer.weight_decay=1e-3"
+  [batch512_hidden64]="data.batch_size=512 model.backbone.hidden_size=64"
   [stop10]="callbacks.early_stopping.patience=10"
   [no_plateau]="callbacks.plateau.patience=1000 callbacks.early_stopping.patience=1000"
   [epochs60_stop10]="trainer.max_epochs=60 callbacks.early_stopping.patience=10"

@@ -52,6 +52,7 @@ log = logging.getLogger("grace_lit")
 DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "interval" / "default.yaml"
 FORMS = ("plain", "mondrian", "spread")
 COLUMNS = ("rul_lo", "rul_hi", "coverage")
+SAMPLING_RANGE = 0.95  # calibrated_95: the share of exactly calibrated intervals' test coverages it spans
 MISSING_REASON = ("no interval: crepes (with scikit-learn, which it imports) is not installed. Fix: pip install "
                   "crepes scikit-learn (both are dependencies of grace-lit; a hand-made environment may lack them).")
 PAPER_REASON = ("no interval: protocol=paper has no held-out units, and an interval calibrated on the test set "
@@ -362,13 +363,13 @@ def held_out_band_gap(held: pd.DataFrame, form: str, cfg: DictConfig, prep: Prep
     """How the default form is chosen, on held-out units only: the units split in two halves (alternate units in
     sorted order; a unit's cuts stay together), each half calibrates the other, and the gap is the mean distance
     of the per-band coverages from nominal over both directions."""
+    def spread(part: pd.DataFrame) -> np.ndarray | None:  # a seed ensemble's (ensemble_held_out)
+        return part["rul_spread"].to_numpy() if "rul_spread" in part else None
+
     interval, edges = settings(cfg), edges_of(settings(cfg), prep)
     points = calibration_points(held)
     first = points["unit"].isin(np.sort(points["unit"].unique())[::2])
     gaps = []
-    def spread(part: pd.DataFrame) -> np.ndarray | None:  # a seed ensemble's (ensemble_held_out)
-        return part["rul_spread"].to_numpy() if "rul_spread" in part else None
-
     for fit, score in ((points[first], points[~first]), (points[~first], points[first])):
         calibration = calibrate(fit["rul_true"].to_numpy(), fit["rul_pred"].to_numpy(), form, interval.coverage,
                                 edges, low=0.0, high=prep.max_rul if prep.cap_test_rul else None,
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     table["band_gap"] = (table[bands].sub(table["nominal"], axis=0)).abs().mean(axis=1)
     # the test set's own sampling error: the coverage an exactly calibrated interval shows on this many units
     table["units"] = table[[c for c in table.columns if c.startswith("n_rul")]].sum(axis=1)
-    low, high = (binom.ppf(q, table["units"], table["nominal"]) / table["units"] for q in (0.025, 0.975))
+    tail = (1 - SAMPLING_RANGE) / 2
+    low, high = (binom.ppf(q, table["units"], table["nominal"]) / table["units"] for q in (tail, 1 - tail))
     table["calibrated_95"] = [f"{a:.2f}-{b:.2f}" for a, b in zip(low, high)]
     shown = [c for c in table.columns if c.startswith(("coverage", "width"))] + ["band_gap", "held_out_gap"]
     pd.set_option("display.width", 200)
