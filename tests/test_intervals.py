@@ -178,7 +178,7 @@ def test_held_out_gap_calibrates_each_half_of_the_units_on_the_other(holdout_cfg
                          "is_last": True})
     held = pd.concat([half, half.assign(unit=half.unit + 1)])
     cfg = edited(holdout_cfg, interval__form="plain")
-    assert held_out_band_gap(held, "plain", cfg, prep()) == pytest.approx(abs(expected - NOMINAL))
+    assert held_out_band_gap(held, cfg, prep()) == pytest.approx(abs(expected - NOMINAL))
 
 
 def write_held_out(root: Path, name: str, held: pd.DataFrame) -> Path:

@@ -25,6 +25,7 @@ ROWS = {("gaba", ""): "GRACE", ("gaba", "rul_loss.fn.scale"): "GABA, RUL loss in
         ("fixed", "loss.controller.weights=[0.05,0.95]"): "fixed 0.05 / 0.95 (GABA's floor)",
         ("fixed", ""): "fixed 0.5 / 0.5", ("single_task", ""): "single-task", ("upgrad", ""): "UPGrad",
         ("pcgrad", ""): "PCGrad", ("mgda", ""): "MGDA", ("dwa", ""): "DWA"}
+DIFF = "{mean_diff:+.2f} [{ci_low:+.2f}, {ci_high:+.2f}]"  # a paired.csv row
 PLAIN_LAST = re.compile(r"^plain_reference test_rmse_last=(\S+)")
 PLAIN_EPOCH = re.compile(r"val_rmse_last\s+(\S+)")
 
@@ -42,21 +43,22 @@ def completed(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return runs, pd.read_csv(root / "paired.csv").set_index(["dataset", "arm"])
 
 
-def subset(root: Path, dataset: str) -> str:
-    runs, paired = completed(root)
+def versus_grace(paired: pd.DataFrame, dataset: str, name: str, mine: pd.DataFrame) -> pd.Series | None:
+    """The row's paired comparison with GRACE on ``dataset`` (None for GRACE itself, or without one)."""
+    key = (dataset, mine["arm"].iloc[0])
+    return None if name == "GRACE" or key not in paired.index else paired.loc[key]
+
+
+def subset(runs: pd.DataFrame, paired: pd.DataFrame, dataset: str) -> str:
     lines = ["| controller | runs | test RMSE | NASA | vs GRACE: mean diff [95% CI] | Wilcoxon p | CPU s/run |",
              "|---|---|---|---|---|---|---|"]
     for name in ROWS.values():
         mine = runs[(runs["row"] == name) & (runs["dataset"] == dataset)]
         if mine.empty:
             continue
-        key = (dataset, mine["arm"].iloc[0])
-        if name == "GRACE" or key not in paired.index:
-            versus, p = "—", "—"
-        else:
-            pair = paired.loc[key]
-            versus = "{mean_diff:+.2f} [{ci_low:+.2f}, {ci_high:+.2f}] ({n_pairs} pairs)".format(**pair)
-            p = f"{pair['p_wilcoxon']:.3f}"
+        pair = versus_grace(paired, dataset, name, mine)
+        versus = "—" if pair is None else (DIFF + " ({n_pairs} pairs)").format(**pair)
+        p = "—" if pair is None else f"{pair['p_wilcoxon']:.3f}"
         rmse, nasa = mine["test/rmse_last"], mine["test/nasa"]
         lines.append(f"| {'GRACE (GABA + WMSE + AWD)' if name == 'GRACE' else name} | {len(mine)} | "
                      f"{rmse.mean():.2f} ± {rmse.std():.2f} | {nasa.mean():.0f} ± {nasa.std():.0f} | {versus} | {p} | "
@@ -64,8 +66,7 @@ def subset(root: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
-def controllers(root: Path) -> str:
-    runs, paired = completed(root)
+def controllers(runs: pd.DataFrame, paired: pd.DataFrame) -> str:
     head = "| controller | " + " | ".join(f"{d} | vs GRACE" for d in DATASETS) + " |"
     lines = [head, "|---" * (1 + 2 * len(DATASETS)) + "|"]
     for name in ROWS.values():
@@ -77,11 +78,9 @@ def controllers(root: Path) -> str:
                 continue
             rmse = mine["test/rmse_last"]
             seeds = "" if len(rmse) == SEEDS else f" ({len(rmse)} seed{'s' * (len(rmse) > 1)})"
-            cells.append(f"{rmse.mean():.2f} ± {rmse.std():.2f}{seeds}" if len(rmse) > 1 else f"{rmse.iloc[0]:.2f}"
-                         + seeds)
-            key = (dataset, mine["arm"].iloc[0])
-            cells.append("—" if name == "GRACE" or key not in paired.index else
-                         "{mean_diff:+.2f} [{ci_low:+.2f}, {ci_high:+.2f}]".format(**paired.loc[key]))
+            spread = f"{rmse.mean():.2f} ± {rmse.std():.2f}" if len(rmse) > 1 else f"{rmse.iloc[0]:.2f}"
+            pair = versus_grace(paired, dataset, name, mine)
+            cells += [spread + seeds, "—" if pair is None else DIFF.format(**pair)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,9 +93,10 @@ def plain(root: Path) -> str:
         for metrics in sorted((root / f"{dataset}_grace_holdout").glob("s*/metrics.json")):
             grace = json.loads(metrics.read_text())
             text = root / "plain_reference" / f"{dataset}_grace_holdout_{metrics.parent.name}.txt"
-            found = PLAIN_LAST.match(text.read_text().splitlines()[-1]) if text.is_file() else None
+            text_lines = text.read_text().splitlines() if text.is_file() else [""]
+            found = PLAIN_LAST.match(text_lines[-1])
             if found:
-                held = PLAIN_EPOCH.findall(text.read_text())
+                held = PLAIN_EPOCH.findall("\n".join(text_lines))
                 rows.append({"grace": grace["test/rmse_last"], "plain": float(found.group(1)),
                              "grace_val": grace["selection_score"], "plain_val": float(held[-1]) if held else None})
         if not rows:
@@ -112,9 +112,10 @@ def plain(root: Path) -> str:
 
 def main(argv: list[str]) -> None:
     root = Path(argv[0]) if argv else Path(__file__).resolve().parent
-    print(controllers(root) + "\n\n" + plain(root))
+    runs, paired = completed(root)
+    print(controllers(runs, paired) + "\n\n" + plain(root))
     for dataset in DATASETS:
-        print(f"\n{dataset}:\n\n{subset(root, dataset)}")
+        print(f"\n{dataset}:\n\n{subset(runs, paired, dataset)}")
 
 
 if __name__ == "__main__":

@@ -359,23 +359,20 @@ def attach(cfg: DictConfig, prep: Preprocessing, summary: dict[str, Any], predic
 
 
 # ------------------------------------------------------------------ measurement
-def held_out_band_gap(held: pd.DataFrame, form: str, cfg: DictConfig, prep: Preprocessing) -> float:
+def held_out_band_gap(held: pd.DataFrame, cfg: DictConfig, prep: Preprocessing, ensemble: bool = False) -> float:
     """How the default form is chosen, on held-out units only: the units split in two halves (alternate units in
-    sorted order; a unit's cuts stay together), each half calibrates the other, and the gap is the mean distance
-    of the per-band coverages from nominal over both directions."""
-    def spread(part: pd.DataFrame) -> np.ndarray | None:  # a seed ensemble's (ensemble_held_out)
-        return part["rul_spread"].to_numpy() if "rul_spread" in part else None
-
+    sorted order; a unit's cuts stay together), each half calibrates the other as :func:`for_run` calibrates a
+    run (``interval.form``, or ``ensemble_form`` for a seed ensemble's rows), and the gap is the mean distance of
+    the per-band coverages from nominal over both directions."""
     interval, edges = settings(cfg), edges_of(settings(cfg), prep)
     points = calibration_points(held)
     first = points["unit"].isin(np.sort(points["unit"].unique())[::2])
     gaps = []
     for fit, score in ((points[first], points[~first]), (points[~first], points[first])):
-        calibration = calibrate(fit["rul_true"].to_numpy(), fit["rul_pred"].to_numpy(), form, interval.coverage,
-                                edges, low=0.0, high=prep.max_rul if prep.cap_test_rul else None,
-                                spread=spread(fit), spread_floor=interval.spread_floor)
-        covered = coverage_by_band(score["rul_true"], *calibration.interval(score["rul_pred"].to_numpy(),
-                                                                             spread(score)), edges)
+        calibration, _ = for_run(cfg, prep, fit, ensemble)
+        spread = score["rul_spread"].to_numpy() if "rul_spread" in score else None
+        covered = coverage_by_band(score["rul_true"], *calibration.interval(score["rul_pred"].to_numpy(), spread),
+                                   edges)
         gaps += [abs(covered[f"coverage_rul{b}"] - interval.coverage) for b in band_labels(edges)
                  if covered[f"coverage_rul{b}"] is not None]
     return float(np.mean(gaps))
@@ -400,7 +397,7 @@ def measure(run_dir: Path, forms: tuple[str, ...] = ("plain", "mondrian")) -> li
         lo, hi = calibration.interval(test["rul_pred"].to_numpy())
         rows.append({"run": str(run_dir), "dataset": cfg.dataset.name, "seed": cfg.seed, "form": form,
                      "nominal": calibration.coverage, "calibration_points": sum(calibration.points),
-                     "held_out_gap": held_out_band_gap(held, form, with_form, prep),
+                     "held_out_gap": held_out_band_gap(held, with_form, prep),
                      **coverage_by_band(test["rul_true"], lo, hi, edges)})
     return rows
 
@@ -428,7 +425,7 @@ def measure_ensemble(run_dirs: list[Path], forms: tuple[str, ...] = ("plain", "m
         rows.append({"run": ",".join(map(str, run_dirs)), "dataset": cfg.dataset.name,
                      "seed": f"mean of {len(run_dirs)}", "form": form, "nominal": calibration.coverage,
                      "calibration_points": sum(calibration.points),
-                     "held_out_gap": held_out_band_gap(held, form, with_form, prep),
+                     "held_out_gap": held_out_band_gap(held, with_form, prep, ensemble=True),
                      **coverage_by_band(tests[0]["rul_true"], lo, hi, edges)})
     return rows
 
