@@ -148,6 +148,9 @@ def _problems(cfg: DictConfig) -> list[str]:
     folds = OmegaConf.select(cfg, "protocol.folds")
     check("protocol.fold", lambda v: _is_int(v) and _is_int(folds) and 0 <= v < max(folds, 1),
           f"an integer in [0, protocol.folds={folds})")
+    name = OmegaConf.select(cfg, "protocol.name")
+    check("protocol.test_trace", lambda v: v is False or (v is True and name == "holdout"),
+          "false, or true with protocol=holdout (protocol=paper scores the test set every epoch already)")
     check("data.split_seed", _is_int, "an integer")
     check("dataset.cap_test_rul", lambda v: isinstance(v, bool), "true or false")
     check("data.batch_size", _count, "an integer >= 1")

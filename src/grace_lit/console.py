@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-from grace_lit.results import device_name
+from grace_lit.results import TRACE_NOTE, device_name
 
 # Python warnings, matched at the start of their message (scoped: any other warning still shows)
 NOISE_WARNINGS = (
@@ -70,6 +70,7 @@ def opening(cfg: DictConfig, trainer: L.Trainer, model_name: str, n_params: int,
         f"grad_mode={cfg.grad_mode}",
         f"  device: {device_name(trainer)}{devices}, precision {trainer.precision}, "
         f"up to {trainer.max_epochs} epochs; {threads_note(cfg)}",
+        *([f"  test trace: test_trace.csv, {TRACE_NOTE}"] if cfg.protocol.get("test_trace") else []),
         f"  run directory: {shown_path(Path(cfg.paths.output_dir))}",
     ))
 

@@ -163,20 +163,25 @@ class GraceModule(L.LightningModule):
     def _held_out_predictions(self) -> pd.DataFrame | None:
         """The held-out cut ends that calibrate the intervals (the calibration cuts, else the selection cuts' ends)
         scored by the weights the test set was just scored with (the selected checkpoint, EMA shadow still
-        swapped in: this runs before the callbacks' ``on_test_end``), with the test step's input conversion and
-        precision context. None without held-out units (protocol=paper)."""
+        swapped in: this runs before the callbacks' ``on_test_end``). None without held-out units
+        (protocol=paper)."""
         splits = getattr(getattr(self.trainer, "datamodule", None), "splits", None)
         held = None if splits is None else splits.val if splits.calibration is None else splits.calibration
         if held is None:
             return None
-        ends = torch.nonzero(held.is_last).flatten()
+        return held_out_frame(held, self.predict_last_windows(held).cpu().numpy())
+
+    def predict_last_windows(self, windows: WindowSet) -> torch.Tensor:
+        """RUL predicted at every sequence's last window of ``windows`` by the weights in place, in evaluation
+        batches, with the test step's input conversion and precision context (at least float32)."""
+        ends = torch.nonzero(windows.is_last).flatten()
         size, precision = self.trainer.datamodule.eval_batch_size, self.trainer.precision_plugin
         preds = []
         with torch.no_grad(), precision.test_step_context():
             for index in ends.split(size):
-                preds.append(self.model(precision.convert_input(held.__getitems__(index)[0]))[0])
+                preds.append(self.model(precision.convert_input(windows.__getitems__(index)[0]))[0])
         rul_pred = torch.cat(preds)
-        return held_out_frame(held, rul_pred.to(torch.promote_types(rul_pred.dtype, torch.float32)).cpu().numpy())
+        return rul_pred.to(torch.promote_types(rul_pred.dtype, torch.float32))
 
     # ----------------------------------------------------------------- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 import traceback
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ TEST_KEYS = ("test/rmse_last", "test/rmse_all", "test/nasa", "test/nasa_all", "t
 # the last windows scored against the raw truth (never capped: C-MAPSS's RUL_FD00x files), beside the capped
 # test/rmse_last and test/nasa, so that a number can be compared with a paper whatever its cap
 RAW_KEYS = ("test/rmse_last_raw", "test/nasa_raw")
+# the packages whose versions can move a run's digits (the environment record in metrics.json)
+PACKAGES = ("torch", "lightning", "numpy", "pandas", "hydra-core", "torchjd", "torchmetrics", "crepes")
+TRACE_NOTE = "the test set scored after every epoch, for auditing selection only; it chose nothing"
 
 
 def git_commit() -> str | None:
@@ -45,11 +49,27 @@ def device_name(trainer: L.Trainer) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def environment(trainer: L.Trainer) -> dict[str, Any]:
+    """What produced the digits: the same seed gives the same numbers only in the same environment (one thread;
+    docs/reliability.md). ``kernels``: torch's CPU instruction set, or the GPU's name."""
+    device = trainer.strategy.root_device
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), **packages,
+            "kernels": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu {torch.backends.cpu.get_cpu_capability()}"}
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
     return {"protocol": cfg.protocol.name, "selection": cfg.protocol.selection, "dataset": cfg.dataset.name,
             "loss": cfg.loss.name, "rul_loss": cfg.rul_loss.name, "seed": cfg.seed,
             "split_seed": cfg.data.split_seed, "folds": cfg.protocol.folds, "fold": cfg.protocol.fold,
             "val_cuts": cfg.protocol.val_cuts,
+            "test_trace": f"test_trace.csv: {TRACE_NOTE}" if cfg.protocol.get("test_trace") else None,
             # what test/* were scored against: the truth capped at max_rul (true) or the raw one (false)
             "cap_test_rul": OmegaConf.select(cfg, "dataset.cap_test_rul", default=None),
             "max_rul": OmegaConf.select(cfg, "dataset.max_rul", default=None), "command": command(),
@@ -71,7 +91,7 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, 
         "best_epoch": best_epoch, "epochs_run": trainer.current_epoch, "wall_time_s": round(wall_time_s, 2),
         "cpu_time_s": round(cpu_time_s, 2),
         "n_params": n_params, "device": device_name(trainer), "world_size": trainer.world_size,
-        "nonfinite_skips": module.nonfinite.skips,
+        "nonfinite_skips": module.nonfinite.skips, "environment": environment(trainer),
     }
     summary.update({k: float(metrics[k]) if k in metrics else None for k in TEST_KEYS})
     return summary
