@@ -1,0 +1,266 @@
+"""How much selecting on the test set flatters a C-MAPSS number (issue 31), from the runs in this folder alone.
+
+Runs: ``<dataset>_<controller>_paper/s<seed>/`` (``benchmarks/selection_paper.yaml``: the test set drives the
+checkpoint, the plateau and the early stop) and ``<dataset>_<controller>_holdout/s<seed>/``
+(``benchmarks/selection_holdout.yaml``: selected on held-out units, with ``test_trace.csv``, the test set scored
+after every epoch and read by nothing in the run). Every score is the last-window test RMSE, truth capped at 125.
+
+Per subset and controller, over the five seeds (mean ± sd; paired differences with 95% bootstrap intervals,
+``grace_lit.stats.compare``; negative: the test-selected number is lower, i.e. flattered):
+
+* ``checkpoint``: within one honest trajectory, the test RMSE at the test-best epoch minus the one at the
+  held-out-selected epoch (the trace; pure checkpoint selection, nothing else differs);
+* ``protocol``: the paper protocol's test-selected score minus the holdout protocol's honest score, split into
+  ``paper_last`` (the paper run's last epoch minus the honest score: training on every unit, with the plateau and
+  the early stop still driven by the test set) and ``paper_checkpoint`` (the paper run's selected epoch minus its
+  last: checkpoint selection inside the paper run);
+* ``best_seed``: the lowest of the five seeds minus their mean, under each protocol (no interval: a minimum over
+  five seeds has no useful bootstrap);
+* the ranking of the controllers under each protocol (Kendall's tau between the two orders; the "winner").
+
+The holdout runs of GradNorm and Uncertainty come from ``results/cpu_campaign/`` (another environment: the same
+commands, digits that may differ; ``check_environment`` says by how much for GRACE and AMNL, which were run in
+both). Writes ``analysis.md``, ``analysis.csv`` and ``selection_inflation.png`` here.
+
+    .venv/bin/python results/selection_inflation/analysis.py [results/selection_inflation] [results/cpu_campaign]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from grace_lit.stats import compare
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend)
+
+HERE = Path(__file__).resolve().parent
+CAMPAIGN = HERE.parent / "cpu_campaign"
+DATASETS = ("FD001", "FD002", "FD003", "FD004")
+CONTROLLERS = {"grace": "GRACE", "amnl": "AMNL", "gradnorm": "GradNorm", "uncertainty": "Uncertainty"}
+TRACED = ("grace", "amnl")  # the controllers whose honest runs were made here, with the trace
+SCORE = "test/rmse_last"
+# what must agree, digit for digit, between a traced run and the same run without the trace
+SAME = ("test/rmse_last", "test/nasa", "test/rmse_all", "best_epoch", "epochs_run", "selection_score")
+LADDER = {"honest": "honest (held-out selection)", "trace_best": "test-best epoch of the honest run",
+          "paper_best": "paper protocol", "paper_best_seed": "paper protocol, best of five seeds"}
+
+
+def run_row(run: Path) -> dict | None:
+    """One completed run's scores: the final (selected) one, the paper run's last epoch, the trace's best."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    if metrics.get("status") != "completed":
+        return None
+    dataset, controller, protocol = run.parent.name.split("_", 2)[0], *run.parent.name.split("_")[1:3]
+    row = {"dataset": dataset, "controller": controller, "protocol": protocol, "seed": metrics["seed"],
+           "score": metrics[SCORE], "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
+           "environment": json.dumps(metrics.get("environment"), sort_keys=True)}
+    if protocol == "paper":  # per-epoch test scores; the final trainer.test row carries epoch == epochs_run
+        log = pd.read_csv(run / "metrics.csv").dropna(subset=[SCORE])
+        row["last"] = float(log.loc[log["epoch"] < metrics["epochs_run"], SCORE].iloc[-1])
+    trace = run / "test_trace.csv"
+    if trace.is_file():
+        trace = pd.read_csv(trace, comment="#").set_index("epoch")[SCORE]
+        row.update(trace_best=float(trace.min()), trace_best_epoch=int(trace.idxmin()),
+                   trace_at_selected=float(trace.loc[metrics["best_epoch"]]))
+    return row
+
+
+def load(root: Path, pattern: str) -> pd.DataFrame:
+    rows = [run_row(m.parent) for m in sorted(root.glob(f"{pattern}/s*/metrics.json"))]
+    return pd.DataFrame([r for r in rows if r is not None])
+
+
+def honest_runs(here: pd.DataFrame, campaign: Path) -> pd.DataFrame:
+    """The holdout runs to compare with: this folder's where it has them, else the CPU campaign's (``source``)."""
+    own = here[here["protocol"] == "holdout"].assign(source="here")
+    other = load(campaign, "FD00?_*_holdout").assign(source="cpu_campaign")
+    other = other[other["controller"].isin(CONTROLLERS)]
+    have = set(zip(own["dataset"], own["controller"]))
+    other = other[[(d, c) not in have for d, c in zip(other["dataset"], other["controller"])]]
+    return pd.concat([own, other], ignore_index=True)
+
+
+def paired(a: pd.Series, b: pd.Series, what: str, **keys) -> dict:
+    """``a - b`` over the seeds both have (Series indexed by seed)."""
+    diffs = (a - b).dropna()
+    return {**keys, "what": what, "n": len(diffs), "sd": float(diffs.std()) if len(diffs) > 1 else np.nan,
+            **compare(diffs.to_numpy())}
+
+
+def differences(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (dataset, controller), paper in runs[runs["protocol"] == "paper"].groupby(["dataset", "controller"]):
+        mine = honest[(honest["dataset"] == dataset) & (honest["controller"] == controller)].set_index("seed")
+        paper = paper.set_index("seed")
+        keys = {"dataset": dataset, "controller": controller,
+                "honest_from": mine["source"].iloc[0] if len(mine) else None}
+        out += [paired(paper["score"], mine["score"], "protocol", **keys),
+                paired(paper["last"], mine["score"], "paper_last", **keys),
+                paired(paper["score"], paper["last"], "paper_checkpoint", **keys)]
+        if mine.get("trace_best", pd.Series(dtype=float)).notna().any():
+            out.append(paired(mine["trace_best"], mine["score"], "checkpoint", **keys))
+        for name, scores in (("best_seed_holdout", mine["score"]), ("best_seed_paper", paper["score"])):
+            out.append({**keys, "what": name, "n": len(scores), "mean_diff": scores.min() - scores.mean()})
+    return pd.DataFrame(out).dropna(subset=["mean_diff"])
+
+
+def pooled(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
+    """Per subset, the traced controllers' pairs together (GRACE and AMNL: 10 pairs, one environment)."""
+    out = []
+    mine = honest[honest["controller"].isin(TRACED) & (honest["source"] == "here")].set_index(
+        ["dataset", "controller", "seed"])
+    paper = runs[(runs["protocol"] == "paper") & runs["controller"].isin(TRACED)].set_index(
+        ["dataset", "controller", "seed"])
+    for dataset in DATASETS:
+        if dataset not in mine.index.get_level_values(0) or dataset not in paper.index.get_level_values(0):
+            continue
+        m, p = mine.xs(dataset, drop_level=False), paper.xs(dataset, drop_level=False)
+        keys = {"dataset": dataset, "controller": "+".join(TRACED), "honest_from": "here"}
+        out += [paired(m["trace_best"], m["score"], "checkpoint", **keys),
+                paired(p["score"], m["score"], "protocol", **keys),
+                paired(p["last"], m["score"], "paper_last", **keys),
+                paired(p["score"], p["last"], "paper_checkpoint", **keys)]
+    return pd.DataFrame(out)
+
+
+def rankings(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
+    """Per subset with every controller under both protocols: Kendall's tau between the two orders of the means."""
+    out = []
+    for dataset in DATASETS:
+        paper = runs[(runs["protocol"] == "paper") & (runs["dataset"] == dataset)].groupby("controller")["score"]
+        mine = honest[honest["dataset"] == dataset].groupby("controller")["score"]
+        both = pd.DataFrame({"paper": paper.mean(), "holdout": mine.mean()}).dropna()
+        if len(both) < len(CONTROLLERS):
+            continue
+        tau = sps.kendalltau(both["paper"], both["holdout"])
+        out.append({"dataset": dataset, "tau": tau.statistic, "p": tau.pvalue,
+                    "winner_holdout": CONTROLLERS[both["holdout"].idxmin()],
+                    "winner_paper": CONTROLLERS[both["paper"].idxmin()],
+                    "order_holdout": " < ".join(CONTROLLERS[c] for c in both["holdout"].sort_values().index),
+                    "order_paper": " < ".join(CONTROLLERS[c] for c in both["paper"].sort_values().index)})
+    return pd.DataFrame(out)
+
+
+def ladder(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
+    """Per subset, the traced controllers' mean score at each step of selection on the test set."""
+    out = []
+    for dataset in DATASETS:
+        mine = honest[(honest["dataset"] == dataset) & honest["controller"].isin(TRACED) & (honest["source"] == "here")]
+        paper = runs[(runs["protocol"] == "paper") & (runs["dataset"] == dataset) & runs["controller"].isin(TRACED)]
+        if mine.empty or paper.empty:
+            continue
+        out.append({"dataset": dataset, "honest": mine["score"].mean(), "trace_best": mine["trace_best"].mean(),
+                    "paper_best": paper["score"].mean(),
+                    "paper_best_seed": paper.groupby("controller")["score"].min().mean()})
+    return pd.DataFrame(out)
+
+
+def check_environment(root: Path, here: pd.DataFrame, campaign: Path) -> pd.DataFrame:
+    """Each traced run against the same command's committed CPU-campaign run and, where present, its rerun without
+    the trace in this environment (``root/without_trace/``): whether ``SAME`` agree digit for digit."""
+    out = []
+    for _, row in here[here["protocol"] == "holdout"].iterrows():
+        cell = f"{row['dataset']}_{row['controller']}_holdout/s{row['seed']}/metrics.json"
+        traced = json.loads((root / cell).read_text())
+        entry = {"dataset": row["dataset"], "controller": row["controller"], "seed": row["seed"]}
+        for name, base in (("campaign", campaign), ("without_trace", root / "without_trace")):
+            other = base / cell
+            if other.is_file():
+                other = json.loads(other.read_text())
+                entry[f"same_as_{name}"] = all(traced.get(k) == other.get(k) for k in SAME)
+                entry[f"{name}_score"] = other[SCORE]
+        out.append({**entry, "traced_score": traced[SCORE]})
+    return pd.DataFrame(out)
+
+
+def fmt_diff(row: pd.Series) -> str:
+    if np.isnan(row.get("ci_low", np.nan)):
+        return f"{row['mean_diff']:+.2f}"
+    return f"{row['mean_diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+
+
+def markdown(diffs: pd.DataFrame, pools: pd.DataFrame, ranks: pd.DataFrame, steps: pd.DataFrame,
+             env: pd.DataFrame) -> str:
+    lines = ["# Selection inflation: the analysis", "",
+             "Generated by `analysis.py` from the runs in this folder; last-window test RMSE, **test truth capped at "
+             "125**, budget=cpu (FD002/FD004 budget=cpu_fd002), five seeds. Differences are paired by seed: mean "
+             "[95% bootstrap interval]; negative = the test-selected number is lower (flattered).", "",
+             "## What test-set selection is worth, per subset (GRACE and AMNL together, one environment)", "",
+             "| subset | pairs | honest | test-best epoch − selected epoch | paper protocol − honest | of which: paper "
+             "last epoch − honest | of which: paper checkpoint − last |", "|---|---|---|---|---|---|---|"]
+    for _, s in steps.iterrows():
+        p = pools[pools["dataset"] == s["dataset"]].set_index("what")
+        lines.append(f"| {s['dataset']} | {p.loc['protocol', 'n']} | {s['honest']:.2f} | "
+                     f"{fmt_diff(p.loc['checkpoint'])} | {fmt_diff(p.loc['protocol'])} | "
+                     f"{fmt_diff(p.loc['paper_last'])} | {fmt_diff(p.loc['paper_checkpoint'])} |")
+    lines += ["", "## The ladder (means of GRACE and AMNL)", "", "| subset | " + " | ".join(LADDER.values()) + " |",
+              "|---" * (len(LADDER) + 1) + "|"]
+    for _, s in steps.iterrows():
+        lines.append(f"| {s['dataset']} | " + " | ".join(f"{s[k]:.2f}" for k in LADDER) + " |")
+    lines += ["", "## Per controller", "",
+              "`honest from`: `here` = the traced holdout runs of this folder; `cpu_campaign` = the committed CPU "
+              "campaign's holdout runs (another environment).", "",
+              "| subset | controller | honest from | checkpoint | protocol | paper last − honest | paper checkpoint − "
+              "last | best seed, holdout | best seed, paper |", "|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, controller), group in diffs.groupby(["dataset", "controller"], sort=True):
+        g = group.set_index("what")
+        cell = (lambda k: fmt_diff(g.loc[k]) if k in g.index else "—")
+        lines.append(f"| {dataset} | {CONTROLLERS[controller]} | {g['honest_from'].iloc[0]} | {cell('checkpoint')} | "
+                     f"{cell('protocol')} | {cell('paper_last')} | {cell('paper_checkpoint')} | "
+                     f"{cell('best_seed_holdout')} | {cell('best_seed_paper')} |")
+    lines += ["", "## The ranking of the four controllers under each protocol", "",
+              "| subset | Kendall's tau (p) | winner, holdout | winner, paper | order, holdout | order, paper |",
+              "|---|---|---|---|---|---|"]
+    for _, r in ranks.iterrows():
+        lines.append(f"| {r['dataset']} | {r['tau']:+.2f} ({r['p']:.2f}) | {r['winner_holdout']} | "
+                     f"{r['winner_paper']} | {r['order_holdout']} | {r['order_paper']} |")
+    if not env.empty:
+        lines += ["", "## The traced runs against the same runs without the trace", ""]
+        for name in ("campaign", "without_trace"):
+            col = f"same_as_{name}"
+            if col in env:
+                known = env[col].dropna()
+                lines.append(f"* {name}: {int(known.sum())} of {len(known)} traced runs equal digit for digit "
+                             f"({', '.join(SAME)}).")
+    return "\n".join(lines) + "\n"
+
+
+def figure(steps: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / len(LADDER)
+    for i, (key, label) in enumerate(LADDER.items()):
+        ax.bar(np.arange(len(steps)) + i * width, steps[key], width, label=label)
+    ax.set_xticks(np.arange(len(steps)) + width * (len(LADDER) - 1) / 2, steps["dataset"])
+    ax.set_ylabel("test RMSE, last window (truth capped at 125)")
+    ax.set_ylim(bottom=min(steps[list(LADDER)].min()) - 2)
+    ax.set_title("Selecting on the test set, step by step (GRACE and AMNL, 5 seeds, CPU budget)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(root: Path = HERE, campaign: Path = CAMPAIGN) -> str:
+    runs = load(root, "FD00?_*_*")
+    honest = honest_runs(runs, campaign)
+    diffs = pd.concat([differences(runs, honest), pooled(runs, honest)], ignore_index=True)
+    steps = ladder(runs, honest)
+    env = check_environment(root, runs, campaign)
+    text = markdown(diffs[diffs["controller"] != "+".join(TRACED)], diffs[diffs["controller"] == "+".join(TRACED)],
+                    rankings(runs, honest), steps, env)
+    (root / "analysis.md").write_text(text)
+    diffs.to_csv(root / "analysis.csv", index=False)
+    if not steps.empty:
+        figure(steps, root / "selection_inflation.png")
+    return text
+
+
+if __name__ == "__main__":
+    print(main(*map(Path, sys.argv[1:])))
