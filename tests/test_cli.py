@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import warnings
@@ -54,7 +55,7 @@ def test_single_run_writes_metrics_predictions_checkpoints(single):
     assert list(log.epoch) == [0, 1] and {"weight_rul", "weight_health"} <= set(log.columns)
     assert "protocol=paper" in run.stderr + run.stdout
     # protocol=paper: no held-out units, so no interval (empty columns, no calibration.csv) and the reason said
-    assert predictions[["rul_lo", "rul_hi", "coverage"]].isna().all().all()
+    assert predictions[["rul_lo", "rul_hi", "rul_hi_open", "nominal_coverage"]].isna().all().all()
     assert not (tmp_path / "calibration.csv").exists()
     assert metrics["interval/form"] is None and metrics["test/interval_coverage"] is None
     assert metrics["interval/note"].startswith("no interval: protocol=paper has no held-out units")
@@ -76,6 +77,51 @@ def test_a_piped_run_prints_summary_config_one_line_per_epoch_and_result_without
     for noise in ("litlogger", "LeafSpec", "was configured so", "sync_dist", "Seed set to", "GPU available",
                   "not writable"):
         assert noise not in out
+    assert "cost estimate" not in out  # 2 epochs of 5 batches: under callbacks.progress.estimate.quiet_below_s
+
+
+def seconds(text: str) -> int:
+    """progress.duration's text back in seconds: 3s, 1m40s, 2h05m."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    hours, minutes, secs = (int(g or 0) for g in match.groups())
+    return 3600 * hours + 60 * minutes + secs
+
+
+def test_a_long_run_on_a_cpu_says_its_cost_and_the_fast_path_after_its_first_batches(tmp_path, data_cache):
+    """500 epochs of 40 batches, the default thresholds: the estimate and the hint come after the 6th batch
+    (read from the running process, which is then stopped: nothing waits for the run)."""
+    run = subprocess.Popen([sys.executable, "-m", "grace_lit.train", "dataset=FD001", "model=small",
+                            "trainer.max_epochs=500", "trainer.limit_train_batches=40", f"hydra.run.dir={tmp_path}"],
+                           cwd=REPO, env=cli_env(data_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    lines = []
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if "loss_rul=" in line or len(lines) > 1 and "cost estimate" in lines[-2]:
+                break  # the line after the estimate (or the first epoch's line, had it none)
+    finally:
+        run.kill()
+        run.wait()
+    estimate, hint = lines[-2], lines[-1]
+    found = re.search(r"cost estimate: about (\w+) of training per epoch \(40 batches; timed on batches 2-6\); "
+                      r"at most 500 epochs ≈ (\w+), early stopping may end it sooner", estimate)
+    assert found, "".join(lines)[-3000:]
+    per_epoch, total = seconds(found.group(1)), seconds(found.group(2))
+    assert (per_epoch - 0.5) * 500 - 60 <= total <= (per_epoch + 0.5) * 500 + 60  # both rounded for display
+    assert total >= 300  # conf/callbacks/default.yaml: quiet_below_s
+    assert "the fast path on a CPU: budget=cpu" in hint
+
+
+def test_the_fast_path_itself_gets_no_hint(tmp_path, data_cache):
+    run = train(["dataset=FD001", "budget=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                 "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+                 "callbacks.progress.estimate.quiet_below_s=0", f"hydra.run.dir={tmp_path}"], data_cache)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    # an epoch of 3 batches, fewer than skip_batches + batches (1 + 5): timed past the skipped one
+    assert "(3 batches; timed on batches 2-3); at most 1 epoch ≈ " in out
+    assert "fast path" not in out
 
 
 def test_quiet_drops_the_listed_notices_only():

@@ -60,6 +60,9 @@ def test_defaults_and_presets_are_valid():
     ("data.batch_size=0", "data.batch_size=0", "an integer >= 1"),
     ("data.eval_batch_size=-5", "data.eval_batch_size=-5", "an integer >= 1"),
     ("accumulate=0", "accumulate=0", "an integer >= 1"),
+    ("callbacks.progress.estimate.batches=0", "callbacks.progress.estimate.batches=0", "an integer >= 1"),
+    ("callbacks.progress.estimate.skip_batches=-1", "callbacks.progress.estimate.skip_batches=-1", ">= 0"),
+    ("callbacks.progress.estimate.quiet_below_s=-5", "callbacks.progress.estimate.quiet_below_s=-5", ">= 0"),
 ])
 def test_bad_config_value_names_key_and_range(override, key, allowed):
     with pytest.raises(GraceError) as err:

@@ -239,14 +239,137 @@ def test_the_scores_against_the_raw_truth_stand_beside_the_capped_ones(tmp_path:
 
 
 def test_campaign_tables_in_the_readmes_are_what_the_committed_runs_give():
-    """README's two CPU-campaign tables (controllers; GRACE against the plain loop) and the campaign README's
-    plain-loop and per-subset tables are what results/cpu_campaign/tables.py prints from the committed runs.csv,
-    paired.csv and plain_reference/."""
+    """The campaign README's tables (the controllers across subsets, GRACE against the plain loop, one per subset)
+    are what results/cpu_campaign/tables.py prints from the committed runs.csv, paired.csv and plain_reference/."""
     out = subprocess.run([sys.executable, "results/cpu_campaign/tables.py"], cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     controllers, plain, *subsets = out.strip().split("\n\n")
-    readme, campaign = (REPO / "README.md").read_text(), (REPO / "results/cpu_campaign/README.md").read_text()
-    assert controllers in readme and plain in readme and plain in campaign
+    campaign = (REPO / "results/cpu_campaign/README.md").read_text()
+    assert controllers in campaign and plain in campaign
     assert controllers.splitlines()[2].startswith("| GRACE | ")
     assert subsets[0::2] == ["FD001:", "FD002:", "FD003:", "FD004:"]
     assert all(f"{name}\n\n{table}" in campaign for name, table in zip(subsets[0::2], subsets[1::2]))
+
+
+# ------------------------------------------------------------------ environments
+ENV = {"python": "3.12.3", "torch": "2.13.0+cpu", "lightning": "2.6.6", "numpy": "2.3.1", "kernels": "cpu AVX512"}
+
+
+def test_a_report_says_none_of_its_runs_records_an_environment(sweep: Path):
+    main([str(sweep), "--no-plots"])
+    text = (sweep / "report.md").read_text()
+    assert "Environment: none of the 8 runs records one" in text  # the fixture's 8 completed runs
+    assert "Warning" not in text
+
+
+def test_a_report_warns_when_pooled_runs_come_from_several_environments(tmp_path: Path, capsys):
+    """Two environments in one cell (torch differs), a run without a record: the warning names the field, its
+    values with their run counts, and the runs without a record; a cell of one environment gets no warning."""
+    for seed, torch_ in [(1, "2.13.0+cpu"), (2, "2.13.0+cpu"), (3, "2.6.0")]:
+        write_run(tmp_path, f"gaba_{seed}", seed=seed, environment={**ENV, "torch": torch_},
+                  **metrics(10.0 + seed, 300.0, 0.5, 3, 10.0))
+    write_run(tmp_path, "amnl_1", loss="amnl", seed=1, **metrics(12.0, 300.0, 0.5, 3, 10.0))
+    write_run(tmp_path, "amnl_2", loss="amnl", seed=2, environment=ENV, **metrics(12.0, 300.0, 0.5, 3, 10.0))
+    main([str(tmp_path), "--no-plots"])
+    text = (tmp_path / "report.md").read_text()
+    assert text in capsys.readouterr().out  # the console shows what report.md says
+    assert ("**Warning: the runs come from 2 environments**, and the same seed gives other digits in another one "
+            "(docs/reliability.md): torch 2.13.0+cpu (3 runs), 2.6.0 (1 run). 1 of the 5 runs record none") in text
+    assert ("**Warning: the gaba + wmse [model=small] runs average several environments**: torch 2.13.0+cpu "
+            "(2 runs), 2.6.0 (1 run).") in text
+    assert "amnl + wmse [model=small] runs average" not in text  # one recorded environment and one without
+    assert pd.read_csv(tmp_path / "runs.csv")["environment"].notna().sum() == 4
+
+
+def test_one_shared_environment_is_named_once(tmp_path: Path):
+    for seed in (1, 2):
+        write_run(tmp_path, f"gaba_{seed}", seed=seed, environment=ENV, **metrics(11.0, 300.0, 0.5, 3, 10.0))
+    main([str(tmp_path), "--no-plots"])
+    text = (tmp_path / "report.md").read_text()
+    assert ("Environment: one for every run that records it (python 3.12.3, torch 2.13.0+cpu, lightning 2.6.6, "
+            "numpy 2.3.1, kernels cpu AVX512).") in text and "Warning" not in text
+
+
+# ------------------------------------------------------------------ LaTeX
+def unescaped(text: str, char: str) -> list[str]:
+    """``text`` split on ``char`` where no backslash escapes it."""
+    return re.split(r"(?<!\\)" + re.escape(char), text)
+
+
+def tabulars(tex: str) -> list[list[list[str]]]:
+    """Every tabular's rows as cells, after checking what a LaTeX compiler would choke on: unbalanced braces,
+    a row whose cell count is not its column spec's, an odd number of $ in a cell, a booktabs rule missing."""
+    braces = 0
+    for char in re.sub(r"\\[{}]", "", tex):
+        braces += {"{": 1, "}": -1}.get(char, 0)
+        assert braces >= 0
+    assert braces == 0
+    found = re.findall(r"\\begin\{tabular\}\{([lcr]+)\}\n(.*?)\\end\{tabular\}", tex, re.S)
+    assert len(found) == tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") > 0
+    tables = []
+    for spec, body in found:
+        lines = body.strip().splitlines()
+        assert lines[0] == "\\toprule" and lines[2] == "\\midrule" and lines[-1] == "\\bottomrule", lines
+        rows = [unescaped(line.removesuffix(" \\\\"), "&") for line in lines if line.endswith("\\\\")]
+        assert len(rows) == len(lines) - 3
+        for row in rows:
+            assert len(row) == len(spec), row
+            assert all(len(unescaped(cell, "$")) % 2 for cell in row), row
+        tables.append([[cell.strip() for cell in row] for row in rows])
+    return tables
+
+
+def compiles(tex: str, where: Path) -> None:
+    """With pdflatex installed, the tables compile in a minimal document (otherwise parsing is the check)."""
+    if shutil.which("pdflatex") is None:
+        return
+    (where / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"
+                                   f"{tex}\n\\end{{document}}\n")
+    made = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=where,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stdout[-3000:]
+
+
+def test_latex_tables_bold_the_best_mean_and_show_the_paired_differences(tmp_path: Path):
+    """FD001: gaba 10, 12, 17 (13 ± 3.606), amnl 11, 12, 13 (12 ± 1: bold), amnl - gaba = 1, 0, -4 (-1.000);
+    FD002: gaba 20, 21, 22 (21 ± 1: bold), amnl 23, 25, 27 (25 ± 2). Test truth capped at 125."""
+    runs = tmp_path / "runs"
+    values = {("FD001", "gaba"): [10.0, 12.0, 17.0], ("FD001", "amnl"): [11.0, 12.0, 13.0],
+              ("FD002", "gaba"): [20.0, 21.0, 22.0], ("FD002", "amnl"): [23.0, 25.0, 27.0]}
+    for (dataset, loss), rmses in values.items():
+        for seed, rmse in enumerate(rmses, start=1):
+            write_run(runs, f"{dataset}_{loss}_{seed}", dataset=dataset, loss=loss, seed=seed, cap_test_rul=True,
+                      max_rul=125, **metrics(rmse, 100.0 * seed, 0.5, 3, 10.0))
+    main([str(runs), "--no-plots", "--latex", "--out", str(tmp_path / "out")])
+    tex = (tmp_path / "out" / "report.tex").read_text()
+    rmse, nasa = tabulars(tex)
+    assert rmse[0] == ["arm", "FD001", "$\\Delta$ FD001", "FD002", "$\\Delta$ FD002"]
+    paired = pd.read_csv(tmp_path / "out" / "paired.csv").set_index("dataset")
+    assert rmse[1] == ["gaba + wmse", "$13.000 \\pm 3.606$", "--", "$\\mathbf{21.000 \\pm 1.000}$", "--"]
+    assert rmse[2] == ["amnl + wmse", "$\\mathbf{12.000 \\pm 1.000}$",
+                       f"$-1.000$ {{\\scriptsize $[{paired.ci_low['FD001']:+.3f}, {paired.ci_high['FD001']:+.3f}]$}}",
+                       "$25.000 \\pm 2.000$",
+                       f"$+4.000$ {{\\scriptsize $[{paired.ci_low['FD002']:+.3f}, {paired.ci_high['FD002']:+.3f}]$}}"]
+    assert 3.0 <= paired.ci_low["FD002"] <= paired.ci_high["FD002"] <= 5.0  # within the differences 3, 4, 5
+    assert nasa[0] == ["arm", "FD001", "FD002"]  # NASA: no paired columns
+    assert nasa[1][1] == nasa[2][1] == "$\\mathbf{200.0 \\pm 100.0}$"  # equal means: both bold
+    assert tex.count("Protocol \\texttt{paper}: selection on test set (published protocol); test truth capped at "
+                     "125.") == 2
+    assert tex.count("Settings every row of a dataset shares: FD001, FD002: \\texttt{model=small}.") == 2
+    compiles(tex, tmp_path)
+
+
+def test_latex_tables_of_the_committed_cpu_campaign(tmp_path: Path):
+    """The campaign's tables parse; GRACE's FD001 cell is what its five metrics.json files give; the committed
+    results/cpu_campaign/report.tex is what the report writes."""
+    main([str(REPO / "results/cpu_campaign"), "--no-plots", "--latex", "--out", str(tmp_path)])
+    tex = (tmp_path / "report.tex").read_text()
+    rmse = tabulars(tex)[0]
+    scores = pd.Series([json.loads(p.read_text())["test/rmse_last"]
+                        for p in (REPO / "results/cpu_campaign/FD001_grace_holdout").glob("s*/metrics.json")])
+    assert len(scores) == 5
+    assert rmse[1][:2] == ["gaba + wmse", f"${scores.mean():.3f} \\pm {scores.std(ddof=1):.3f}$"]
+    assert "test truth capped at 125" in tex
+    assert "FD002, FD004: \\texttt{budget=cpu\\_fd002 protocol.val\\_cuts=5}" in tex
+    assert tex == (REPO / "results/cpu_campaign/report.tex").read_text()
+    compiles(tex, tmp_path)

@@ -162,7 +162,7 @@ def test_cap_test_rul(data_cache, cmapss_dir):
     last = test.is_last.numpy()
     np.testing.assert_array_equal(test.rul.numpy()[last], truth)
     assert int((truth > 125).sum()) == 57  # the test units the cap changes (of 259)
-    # a model predicting exactly the capped truth, scored against the uncapped truth (README Choices: 18.3)
+    # a model predicting exactly the capped truth, scored against the uncapped truth (docs/choices.md: 18.3)
     capped = reader(data_cache, "FD002").build(r.train_units(), np.array([], dtype=np.int64), seed=0).test
     gap = np.sqrt(np.mean((capped.rul.numpy()[last] - truth) ** 2))
     assert gap == pytest.approx(18.32, abs=0.005)

@@ -1,8 +1,8 @@
-"""The CPU campaign's tables, as markdown, from the committed files alone: the README's two (the controllers: mean ±
-sd of the last-window test RMSE per subset and the paired difference from GRACE with its 95% bootstrap interval,
-from ``paired.csv``; GRACE against the plain 2x64 LSTM loop at matched CPU time, ``plain_reference/``), then this
-folder's README's one per subset (with the NASA score, the Wilcoxon p and the median CPU seconds of a run). Test
-truth capped at 125 throughout, as in ``runs.csv``.
+"""The CPU campaign's tables, as markdown, from the committed files alone, as this folder's README shows them: two
+across subsets (the controllers: mean ± sd of the last-window test RMSE per subset and the paired difference from
+GRACE with its 95% bootstrap interval, from ``paired.csv``; GRACE against the plain 2x64 LSTM loop at matched CPU
+time, ``plain_reference/``), then one per subset (with the NASA score, the Wilcoxon p and the median CPU seconds of
+a run). Test truth capped at 125 throughout, as in ``runs.csv``.
 
     .venv/bin/python results/cpu_campaign/tables.py [results/cpu_campaign]
 """

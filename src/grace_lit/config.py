@@ -103,6 +103,9 @@ def _problems(cfg: DictConfig) -> list[str]:
     check_present("callbacks.plateau.min_lr", lambda v: _is_number(v) and v >= 0, ">= 0")
     check_present("callbacks.early_stopping.patience", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (epochs)")
     check_present("callbacks.progress.every_n_epochs", _count, "an integer >= 1")
+    check_present("callbacks.progress.estimate.skip_batches", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    check_present("callbacks.progress.estimate.batches", _count, "an integer >= 1")
+    check_present("callbacks.progress.estimate.quiet_below_s", lambda v: _is_number(v) and v >= 0, ">= 0 (seconds)")
     controller = cfg.loss.controller
     check_present("loss.controller.n_tasks", lambda v: v == N_TASKS,
                   f"{N_TASKS}: the model has {N_TASKS} tasks (RUL, health state)")

@@ -15,7 +15,11 @@ Written to ``--out`` (default: the directory given, or the common parent of seve
 failed and unfinished runs, then the paired comparisons of ``grace_lit.stats``, its Friedman test over the arms and
 GABA's RUL weight against its floor), ``paired.csv``, ``runs.csv``, ``report_<protocol>.png``,
 ``report_cd_<protocol>.png`` (critical-difference diagram), ``report_gaba_weights_<protocol>.png``; and each run's
-figures in ``<run>/plots/``.
+figures in ``<run>/plots/``. ``--latex`` adds ``report.tex``: the tables as booktabs LaTeX (``grace_lit.latex``).
+
+The same seed gives the same digits only in the same environment (package versions, CPU kernels or GPU;
+docs/reliability.md), so ``report.md`` says whether the runs it pools record one environment, and warns, naming
+what differs, where the runs of one table cell or of the whole report come from several.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import functools
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from omegaconf import OmegaConf
 
 from grace_lit.errors import GraceError
 from grace_lit.io import atomic_write_csv, atomic_write_text
+from grace_lit.latex import document as latex_document
 from grace_lit.stats import (FLOOR_KEYS, arm_label, figure_key, floor_markdown, floor_summary, floor_table,
                              friedman_markdown, friedman_tests, paired_comparisons, rank_table, truth_note,
                              with_truth)
@@ -57,6 +63,7 @@ METRICS = {
 NOT_VARIANT = ("seed", "dataset", "loss", "rul_loss", "protocol", "resume", "logger")
 NOT_VARIANT_PREFIXES = ("paths.", "logger.", "hydra.")
 TRAIN_JOB = "train"  # hydra.job.name of grace_lit.train (diagnose runs are not training runs)
+LATEX_METRICS = ("test/rmse_last", "test/nasa")  # report.tex's tables (test/rmse_last with the paired differences)
 
 
 # ------------------------------------------------------------------ collecting runs
@@ -144,7 +151,8 @@ def load_run(path: Path) -> dict[str, Any]:
            **{k: metrics.get(k) for k in ("protocol", "selection", "dataset", "loss", "rul_loss", "seed", "fold")},
            **test_truth_fields(metrics, saved_config(path)),
            "variant": variant(run_overrides(path, metrics)),
-           **{k: metrics.get(k) for k in METRICS}, "error": metrics.get("error")}
+           **{k: metrics.get(k) for k in METRICS}, "error": metrics.get("error"),
+           "environment": json.dumps(metrics["environment"]) if metrics.get("environment") else None}
     return row
 
 
@@ -181,6 +189,54 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+# ------------------------------------------------------------------ environments
+def differences(runs: pd.DataFrame) -> dict[str, Counter]:
+    """Among ``runs`` that record their environment: each field with more than one value, and its values'
+    counts (a field a run lacks counts as 'none')."""
+    records = [json.loads(e) for e in runs["environment"].dropna()]
+    fields = sorted({k for r in records for k in r})
+    counts = {k: Counter(str(r.get(k) or "none") for r in records) for k in fields}
+    return {k: c for k, c in counts.items() if len(c) > 1}
+
+
+def describe(differ: dict[str, Counter]) -> str:
+    """``torch 2.13.0+cpu (3 runs), 2.6.0 (2 runs); kernels ...``."""
+    return "; ".join(f"{field} " + ", ".join(f"{value} ({n} run{'s' * (n != 1)})" for value, n in sorted(c.items()))
+                     for field, c in differ.items())
+
+
+def environment_note(done: pd.DataFrame) -> str:
+    """One paragraph on the environments of every completed run the report pools."""
+    recorded = done["environment"].dropna()
+    missing = len(done) - len(recorded)
+    if recorded.empty:
+        return (f"Environment: none of the {len(done)} runs records one (written before metrics.json recorded it), "
+                f"so whether they share one cannot be checked.")
+    kinds = recorded.nunique()
+    if kinds == 1:
+        env = json.loads(recorded.iloc[0])
+        text = "Environment: one for every run that records it (" + ", ".join(f"{k} {v}" for k, v in env.items()) + ")"
+    else:
+        text = (f"**Warning: the runs come from {kinds} environments**, and the same seed gives other digits in "
+                f"another one (docs/reliability.md): {describe(differences(done))}")
+    return text + (f". {missing} of the {len(done)} runs record none (written before metrics.json recorded it)."
+                   if missing else ".")
+
+
+def cell_warnings(done: pd.DataFrame) -> list[str]:
+    """A warning per table cell (one arm: the runs averaged together) whose runs come from several environments."""
+    notes = []
+    for _, cell in done.groupby(list(GROUP), sort=True):
+        differ = differences(cell)
+        if differ:
+            first = cell.iloc[0]
+            missing = cell["environment"].isna().sum()
+            notes.append(f"**Warning: the {arm_label(first['loss'], first['rul_loss'], first['variant'])} runs average "
+                         f"several environments**: {describe(differ)}"
+                         + (f"; {missing} record none" if missing else "") + ".")
+    return notes
+
+
 # ------------------------------------------------------------------ Markdown
 def md_cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -205,6 +261,10 @@ def markdown(table: pd.DataFrame, runs: pd.DataFrame) -> str:
              "NASA score is summed over test units. Every table names the protocol that produced it and its test "
              "truth: capped at max_rul like the training targets (dataset.cap_test_rul=true, the default; runs "
              "older than that option always capped) or not capped."]
+    done = with_truth(runs[runs["status"] == "completed"])
+    done[list(GROUP)] = done[list(GROUP)].fillna("?").astype(str)
+    if len(done):
+        parts += ["", environment_note(done)]
     for protocol, by_protocol in table.groupby("protocol", sort=True):
         parts += ["", f"## protocol={protocol}", "", f"Selection: {by_protocol['selection'].iloc[0]}."]
         show_variant = (by_protocol["variant"] != "").any()
@@ -220,6 +280,8 @@ def markdown(table: pd.DataFrame, runs: pd.DataFrame) -> str:
                          & (runs["dataset"].astype(str) == dataset)]
             parts += ["", f"### {dataset} (protocol={protocol})", "",
                       f"Protocol: {protocol}. {truth_note(shown)}", "", md_table(header, body)]
+            for note in cell_warnings(done[(done["protocol"] == protocol) & (done["dataset"] == dataset)]):
+                parts += ["", note]
             repeated = rows[rows["n_runs"] > rows["n_seeds"]]
             if len(repeated):
                 parts += ["", f"Note: {', '.join(repeated['loss'])} include repeated seeds (n runs > n seeds)."]
@@ -272,7 +334,8 @@ def figure_name(stem: str, protocol: str, truth: str, truths: int) -> str:
     return f"{stem}_{protocol}{suffix}.png"
 
 
-def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool, reference: str = "gaba") -> str:
+def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool, reference: str = "gaba",
+           latex: bool = False) -> str:
     runs = collect(paths, out)
     table = summarize(runs)
     paired = paired_comparisons(runs, reference)  # grace_lit.stats: each controller against the reference
@@ -296,6 +359,9 @@ def report(paths: Sequence[Path], out: Path, trajectory_units: int, plots: bool,
     atomic_write_csv(out / "report.csv", table)
     atomic_write_csv(out / "paired.csv", paired)
     atomic_write_text(out / "report.md", text)
+    if latex:
+        atomic_write_text(out / "report.tex", latex_document(table, paired, reference, "test/rmse_last",
+                                                             {k: METRICS[k] for k in LATEX_METRICS}))
     if plots:
         from grace_lit.plots import cd_diagram, plot_run, sweep_bars, weight_floor  # matplotlib only when plotting
 
@@ -327,15 +393,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="test units whose full RUL trajectory is re-scored and plotted per run (0: none)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--reference", default="gaba", help="controller the paired comparisons are made against")
+    parser.add_argument("--latex", action="store_true", help="also report.tex: the tables as booktabs LaTeX")
     args = parser.parse_args(argv)
     out = args.out or default_out(args.paths)
     try:
-        print(report(args.paths, out, args.trajectory_units, plots=not args.no_plots, reference=args.reference))
+        print(report(args.paths, out, args.trajectory_units, plots=not args.no_plots, reference=args.reference,
+                     latex=args.latex))
     except GraceError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     figures = f", the figures {out / 'report_*.png'} and each run's plots/" if not args.no_plots else ""
-    print(f"-> {out / 'report.md'}, {out / 'report.csv'}, {out / 'runs.csv'}, {out / 'paired.csv'}{figures}")
+    tex = f", {out / 'report.tex'}" if args.latex else ""
+    print(f"-> {out / 'report.md'}{tex}, {out / 'report.csv'}, {out / 'runs.csv'}, {out / 'paired.csv'}{figures}")
 
 
 if __name__ == "__main__":
