@@ -22,7 +22,8 @@ PAPER = {("grace", 1): [15.0, 12.0, 13.0], ("grace", 2): [14.0, 13.0, 13.5], ("g
          ("amnl", 1): [12.0, 12.5], ("amnl", 2): [14.0, 13.0], ("amnl", 3): [13.0, 13.5],
          ("gradnorm", 1): [11.0], ("gradnorm", 2): [11.0], ("gradnorm", 3): [11.0],
          ("uncertainty", 1): [10.0], ("uncertainty", 2): [10.0], ("uncertainty", 3): [10.0]}
-CAMPAIGN = {"gradnorm": 20.0, "uncertainty": 21.0}  # honest scores of the other two, from "the campaign"
+# "the campaign's" honest runs: score + seed (GradNorm's and Uncertainty's only honest runs)
+CAMPAIGN = {"grace": 14.0, "amnl": 13.0, "gradnorm": 20.0, "uncertainty": 21.0}
 
 
 def write_run(run: Path, seed: int, score: float, best_epoch: int, epochs: int, **extra) -> None:
@@ -49,7 +50,7 @@ def analysed(tmp_path):
         pd.DataFrame({"epoch": range(len(trace)), "test/rmse_last": trace, "test/nasa": 0.0}).to_csv(
             run / "test_trace.csv", index=False)
         (run / "test_trace.csv").write_text("# note\n" + (run / "test_trace.csv").read_text())
-        other = root / "without_trace" / f"FD001_{controller}_holdout" / f"s{seed}"
+        other = tmp_path / "without_trace" / f"FD001_{controller}_holdout" / f"s{seed}"
         write_run(other, seed, score + (0.1 if (controller, seed) == ("amnl", 3) else 0.0), best, len(trace))
     for (controller, seed), scores in PAPER.items():
         paper_run(root / f"FD001_{controller}_paper" / f"s{seed}", seed, scores)
@@ -59,7 +60,7 @@ def analysed(tmp_path):
     spec = importlib.util.spec_from_file_location("selection_analysis", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    text = module.main(root, campaign)
+    text = module.main(root, campaign, tmp_path / "without_trace")
     return text, pd.read_csv(root / "analysis.csv"), root
 
 
@@ -75,9 +76,13 @@ def test_each_difference_by_hand(analysed):
     assert value(diffs, "grace", "checkpoint") == pytest.approx(((13 - 14) + (14.5 - 15) + (15 - 16)) / 3)
     # protocol: the paper run's selected score minus the honest one, paired by seed
     assert value(diffs, "grace", "protocol") == pytest.approx(((12 - 14) + (13 - 15) + (12.5 - 16)) / 3)
-    # the paper run's last epoch minus the honest score; its selected epoch minus its last
+    # the paper run at the honest run's selected epoch (2, 0, 1) minus the honest score; its selected score minus
+    # that; its last epoch minus the honest score
+    assert value(diffs, "grace", "paper_same_epoch") == pytest.approx(((13 - 14) + (14 - 15) + (14 - 16)) / 3)
+    assert value(diffs, "grace", "paper_selection") == pytest.approx(((12 - 13) + (13 - 14) + (12.5 - 14)) / 3)
     assert value(diffs, "grace", "paper_last") == pytest.approx(((13 - 14) + (13.5 - 15) + (12.5 - 16)) / 3)
-    assert value(diffs, "grace", "paper_checkpoint") == pytest.approx(((12 - 13) + (13 - 13.5) + 0) / 3)
+    # AMNL: honest epochs 0, 1, 0 -> paper scores 12, 13, 13
+    assert value(diffs, "amnl", "paper_same_epoch") == pytest.approx(((12 - 14.5) + (13 - 15.5) + (13 - 16.5)) / 3)
     # best of the seeds minus their mean
     assert value(diffs, "amnl", "best_seed_holdout") == pytest.approx(14.5 - 15.5)
     assert value(diffs, "amnl", "best_seed_paper") == pytest.approx(12.0 - (12 + 13 + 13) / 3)
@@ -89,10 +94,11 @@ def test_each_difference_by_hand(analysed):
 
 def test_the_ranking_and_the_environment_check(analysed):
     text, _, _ = analysed
-    # holdout means: GRACE 15, AMNL 15.5, GradNorm 22, Uncertainty 23; paper: 12.5, 13, 11, 10 -> tau by hand:
-    # of the 6 pairs, (G,A) concordant, the other 5 discordant: (1 - 5) / 6
-    assert f"| FD001 | {(1 - 5) / 6:+.2f}" in text
-    assert "| GRACE | Uncertainty |" in text
+    # the campaign's means: GRACE 16, AMNL 15, GradNorm 22, Uncertainty 23; paper: 12.5, 12.67, 11, 10 -> all six
+    # pairs of controllers in the opposite order: tau -1
+    assert "| FD001 | -1.00" in text
+    assert ("| AMNL | Uncertainty | AMNL < GRACE < GradNorm < Uncertainty | Uncertainty < GradNorm < GRACE < AMNL |"
+            in text)
     assert "* without_trace: 5 of 6 traced runs equal digit for digit" in text
 
 

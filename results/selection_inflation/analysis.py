@@ -11,9 +11,11 @@ Per subset and controller, over the five seeds (mean ± sd; paired differences w
 * ``checkpoint``: within one honest trajectory, the test RMSE at the test-best epoch minus the one at the
   held-out-selected epoch (the trace; pure checkpoint selection, nothing else differs);
 * ``protocol``: the paper protocol's test-selected score minus the holdout protocol's honest score, split into
-  ``paper_last`` (the paper run's last epoch minus the honest score: training on every unit, with the plateau and
-  the early stop still driven by the test set) and ``paper_checkpoint`` (the paper run's selected epoch minus its
-  last: checkpoint selection inside the paper run);
+  ``paper_same_epoch`` (the paper run at the epoch the same seed's honest run selected, minus the honest score:
+  every unit trained on, the same number of epochs, no epoch chosen on the test set) and ``paper_selection`` (the
+  paper run's selected score minus that: choosing its epoch, and its learning-rate cuts, on the test set).
+  ``paper_last`` (the paper run's last epoch minus the honest score) is reported too: it is no clean "all units"
+  estimate, since the test-driven early stop ends a paper run ``patience`` epochs past its test-best epoch;
 * ``best_seed``: the lowest of the five seeds minus their mean, under each protocol (no interval: a minimum over
   five seeds has no useful bootstrap);
 * the ranking of the controllers under each protocol (Kendall's tau between the two orders; the "winner").
@@ -22,7 +24,9 @@ The holdout runs of GradNorm and Uncertainty come from ``results/cpu_campaign/``
 commands, digits that may differ; ``check_environment`` says by how much for GRACE and AMNL, which were run in
 both). Writes ``analysis.md``, ``analysis.csv`` and ``selection_inflation.png`` here.
 
-    .venv/bin/python results/selection_inflation/analysis.py [results/selection_inflation] [results/cpu_campaign]
+    .venv/bin/python results/selection_inflation/analysis.py [RUNS [CAMPAIGN [WITHOUT_TRACE]]]
+
+(defaults: this folder, ``results/cpu_campaign``, ``results/selection_inflation_without_trace``)
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend)
 
 HERE = Path(__file__).resolve().parent
 CAMPAIGN = HERE.parent / "cpu_campaign"
+WITHOUT_TRACE = HERE.parent / "selection_inflation_without_trace"  # reruns of the traced runs, trace off
 DATASETS = ("FD001", "FD002", "FD003", "FD004")
 CONTROLLERS = {"grace": "GRACE", "amnl": "AMNL", "gradnorm": "GradNorm", "uncertainty": "Uncertainty"}
 TRACED = ("grace", "amnl")  # the controllers whose honest runs were made here, with the trace
@@ -57,13 +62,15 @@ def run_row(run: Path) -> dict | None:
     metrics = json.loads((run / "metrics.json").read_text())
     if metrics.get("status") != "completed":
         return None
-    dataset, controller, protocol = run.parent.name.split("_", 2)[0], *run.parent.name.split("_")[1:3]
+    dataset, cell = run.parent.name.split("_", 1)  # <dataset>_<controller>_<protocol>, controller_with_underscores
+    controller, protocol = cell.rsplit("_", 1)
     row = {"dataset": dataset, "controller": controller, "protocol": protocol, "seed": metrics["seed"],
            "score": metrics[SCORE], "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
            "environment": json.dumps(metrics.get("environment"), sort_keys=True)}
     if protocol == "paper":  # per-epoch test scores; the final trainer.test row carries epoch == epochs_run
         log = pd.read_csv(run / "metrics.csv").dropna(subset=[SCORE])
-        row["last"] = float(log.loc[log["epoch"] < metrics["epochs_run"], SCORE].iloc[-1])
+        row["curve"] = log.loc[log["epoch"] < metrics["epochs_run"], SCORE].tolist()  # one row per epoch
+        row["last"] = row["curve"][-1]
     trace = run / "test_trace.csv"
     if trace.is_file():
         trace = pd.read_csv(trace, comment="#").set_index("epoch")[SCORE]
@@ -77,14 +84,35 @@ def load(root: Path, pattern: str) -> pd.DataFrame:
     return pd.DataFrame([r for r in rows if r is not None])
 
 
-def honest_runs(here: pd.DataFrame, campaign: Path) -> pd.DataFrame:
+def campaign_runs(campaign: Path) -> pd.DataFrame:
+    """The CPU campaign's holdout runs of the four controllers (one environment, another than this folder's)."""
+    runs = load(campaign, "FD00?_*_holdout").assign(source="cpu_campaign")
+    return runs[runs["controller"].isin(CONTROLLERS)]
+
+
+def honest_runs(here: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """The holdout runs to compare with: this folder's where it has them, else the CPU campaign's (``source``)."""
     own = here[here["protocol"] == "holdout"].assign(source="here")
-    other = load(campaign, "FD00?_*_holdout").assign(source="cpu_campaign")
-    other = other[other["controller"].isin(CONTROLLERS)]
     have = set(zip(own["dataset"], own["controller"]))
     other = other[[(d, c) not in have for d, c in zip(other["dataset"], other["controller"])]]
     return pd.concat([own, other], ignore_index=True)
+
+
+def at_honest_epoch(paper: pd.DataFrame, honest: pd.DataFrame) -> pd.Series:
+    """The paper run's test score at the epoch held-out selection chose in the same seed's honest run (its last
+    epoch if it stopped sooner); ``paper`` and ``honest`` share their index (seed, or dataset-controller-seed)."""
+    epochs = honest["best_epoch"].reindex(paper.index)
+    return pd.Series([np.nan if np.isnan(e) else curve[min(int(e), len(curve) - 1)]
+                      for curve, e in zip(paper["curve"], epochs)], index=paper.index)
+
+
+def decomposed(paper: pd.DataFrame, honest: pd.DataFrame, keys: dict) -> list[dict]:
+    """The protocol's effect and its two parts (module docstring), paired by the shared index."""
+    same = at_honest_epoch(paper, honest)
+    return [paired(paper["score"], honest["score"], "protocol", **keys),
+            paired(same, honest["score"], "paper_same_epoch", **keys),
+            paired(paper["score"], same, "paper_selection", **keys),
+            paired(paper["last"], honest["score"], "paper_last", **keys)]
 
 
 def paired(a: pd.Series, b: pd.Series, what: str, **keys) -> dict:
@@ -101,9 +129,7 @@ def differences(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
         paper = paper.set_index("seed")
         keys = {"dataset": dataset, "controller": controller,
                 "honest_from": mine["source"].iloc[0] if len(mine) else None}
-        out += [paired(paper["score"], mine["score"], "protocol", **keys),
-                paired(paper["last"], mine["score"], "paper_last", **keys),
-                paired(paper["score"], paper["last"], "paper_checkpoint", **keys)]
+        out += decomposed(paper, mine, keys)
         if mine.get("trace_best", pd.Series(dtype=float)).notna().any():
             out.append(paired(mine["trace_best"], mine["score"], "checkpoint", **keys))
         for name, scores in (("best_seed_holdout", mine["score"]), ("best_seed_paper", paper["score"])):
@@ -123,15 +149,13 @@ def pooled(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
             continue
         m, p = mine.xs(dataset, drop_level=False), paper.xs(dataset, drop_level=False)
         keys = {"dataset": dataset, "controller": "+".join(TRACED), "honest_from": "here"}
-        out += [paired(m["trace_best"], m["score"], "checkpoint", **keys),
-                paired(p["score"], m["score"], "protocol", **keys),
-                paired(p["last"], m["score"], "paper_last", **keys),
-                paired(p["score"], p["last"], "paper_checkpoint", **keys)]
+        out += [paired(m["trace_best"], m["score"], "checkpoint", **keys), *decomposed(p, m, keys)]
     return pd.DataFrame(out)
 
 
 def rankings(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
-    """Per subset with every controller under both protocols: Kendall's tau between the two orders of the means."""
+    """Per subset with every controller under both protocols: Kendall's tau between the two orders of the means.
+    ``honest``: the CPU campaign's runs, so that each protocol's four cells share one environment."""
     out = []
     for dataset in DATASETS:
         paper = runs[(runs["protocol"] == "paper") & (runs["dataset"] == dataset)].groupby("controller")["score"]
@@ -162,15 +186,15 @@ def ladder(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def check_environment(root: Path, here: pd.DataFrame, campaign: Path) -> pd.DataFrame:
+def check_environment(root: Path, here: pd.DataFrame, campaign: Path, without_trace: Path) -> pd.DataFrame:
     """Each traced run against the same command's committed CPU-campaign run and, where present, its rerun without
-    the trace in this environment (``root/without_trace/``): whether ``SAME`` agree digit for digit."""
+    the trace in this environment (``without_trace``): whether ``SAME`` agree digit for digit."""
     out = []
     for _, row in here[here["protocol"] == "holdout"].iterrows():
         cell = f"{row['dataset']}_{row['controller']}_holdout/s{row['seed']}/metrics.json"
         traced = json.loads((root / cell).read_text())
         entry = {"dataset": row["dataset"], "controller": row["controller"], "seed": row["seed"]}
-        for name, base in (("campaign", campaign), ("without_trace", root / "without_trace")):
+        for name, base in (("campaign", campaign), ("without_trace", without_trace)):
             other = base / cell
             if other.is_file():
                 other = json.loads(other.read_text())
@@ -193,13 +217,14 @@ def markdown(diffs: pd.DataFrame, pools: pd.DataFrame, ranks: pd.DataFrame, step
              "125**, budget=cpu (FD002/FD004 budget=cpu_fd002), five seeds. Differences are paired by seed: mean "
              "[95% bootstrap interval]; negative = the test-selected number is lower (flattered).", "",
              "## What test-set selection is worth, per subset (GRACE and AMNL together, one environment)", "",
-             "| subset | pairs | honest | test-best epoch − selected epoch | paper protocol − honest | of which: paper "
-             "last epoch − honest | of which: paper checkpoint − last |", "|---|---|---|---|---|---|---|"]
+             "| subset | pairs | honest | test-best epoch − selected epoch | paper protocol − honest "
+             "| of which: all units, same epoch | of which: epoch chosen on test |",
+             "|---|---|---|---|---|---|---|"]
     for _, s in steps.iterrows():
         p = pools[pools["dataset"] == s["dataset"]].set_index("what")
         lines.append(f"| {s['dataset']} | {p.loc['protocol', 'n']} | {s['honest']:.2f} | "
                      f"{fmt_diff(p.loc['checkpoint'])} | {fmt_diff(p.loc['protocol'])} | "
-                     f"{fmt_diff(p.loc['paper_last'])} | {fmt_diff(p.loc['paper_checkpoint'])} |")
+                     f"{fmt_diff(p.loc['paper_same_epoch'])} | {fmt_diff(p.loc['paper_selection'])} |")
     lines += ["", "## The ladder (means of GRACE and AMNL)", "", "| subset | " + " | ".join(LADDER.values()) + " |",
               "|---" * (len(LADDER) + 1) + "|"]
     for _, s in steps.iterrows():
@@ -207,15 +232,19 @@ def markdown(diffs: pd.DataFrame, pools: pd.DataFrame, ranks: pd.DataFrame, step
     lines += ["", "## Per controller", "",
               "`honest from`: `here` = the traced holdout runs of this folder; `cpu_campaign` = the committed CPU "
               "campaign's holdout runs (another environment).", "",
-              "| subset | controller | honest from | checkpoint | protocol | paper last − honest | paper checkpoint − "
-              "last | best seed, holdout | best seed, paper |", "|---|---|---|---|---|---|---|---|---|"]
+              "| subset | controller | honest from | checkpoint | protocol | all units, same epoch "
+              "| epoch chosen on test | paper last epoch − honest | best seed, holdout | best seed, paper |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, controller), group in diffs.groupby(["dataset", "controller"], sort=True):
         g = group.set_index("what")
         cell = (lambda k: fmt_diff(g.loc[k]) if k in g.index else "—")
         lines.append(f"| {dataset} | {CONTROLLERS[controller]} | {g['honest_from'].iloc[0]} | {cell('checkpoint')} | "
-                     f"{cell('protocol')} | {cell('paper_last')} | {cell('paper_checkpoint')} | "
+                     f"{cell('protocol')} | {cell('paper_same_epoch')} | {cell('paper_selection')} | "
+                     f"{cell('paper_last')} | "
                      f"{cell('best_seed_holdout')} | {cell('best_seed_paper')} |")
     lines += ["", "## The ranking of the four controllers under each protocol", "",
+              "Means over the five seeds; holdout: the CPU campaign's runs, paper: this folder's (each protocol's "
+              "four cells from one environment).", "",
               "| subset | Kendall's tau (p) | winner, holdout | winner, paper | order, holdout | order, paper |",
               "|---|---|---|---|---|---|"]
     for _, r in ranks.iterrows():
@@ -247,14 +276,15 @@ def figure(steps: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def main(root: Path = HERE, campaign: Path = CAMPAIGN) -> str:
+def main(root: Path = HERE, campaign: Path = CAMPAIGN, without_trace: Path = WITHOUT_TRACE) -> str:
     runs = load(root, "FD00?_*_*")
-    honest = honest_runs(runs, campaign)
+    other = campaign_runs(campaign)
+    honest = honest_runs(runs, other)
     diffs = pd.concat([differences(runs, honest), pooled(runs, honest)], ignore_index=True)
     steps = ladder(runs, honest)
-    env = check_environment(root, runs, campaign)
+    env = check_environment(root, runs, campaign, without_trace)
     text = markdown(diffs[diffs["controller"] != "+".join(TRACED)], diffs[diffs["controller"] == "+".join(TRACED)],
-                    rankings(runs, honest), steps, env)
+                    rankings(runs, other), steps, env)
     (root / "analysis.md").write_text(text)
     diffs.to_csv(root / "analysis.csv", index=False)
     if not steps.empty:
