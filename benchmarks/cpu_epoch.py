@@ -69,7 +69,7 @@ def main() -> None:
         return child_cpu_s(cmd, {**env, "PYTHONPATH": str(src / "src")}, src)
 
     def plain(epochs: int) -> float:
-        cmd = [sys.executable, "plain_reference.py", "--max-epochs", str(epochs), "--budget", "1e9", *plain_limit,
+        cmd = [sys.executable, "plain_reference.py", "--max-epochs", str(epochs), *plain_limit,
                *RUN, *args.overrides]  # the same windows and batch size
         return child_cpu_s(cmd, env, REPO / "benchmarks")
 

@@ -3,15 +3,20 @@ matches the code fails here, not when someone next measures. (The GPU benchmarks
 own tests.)"""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, cli_env
 from grace_lit.data.synthetic_ncmapss import generate
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from plain_reference import Epoch, chosen  # noqa: E402
 
 NUMBER = r"[0-9]+\.[0-9]+"
 
@@ -30,13 +35,39 @@ def bench(script: str, args: list[str], data_cache: Path) -> str:
      rf"lightning_vs_plain={NUMBER}"),
     ("data_prep.py", ["--rounds", "1", "--threads", "1"], rf"fd004_cold_s={NUMBER} fd004_prep_s={NUMBER}"),
     ("plain_reference.py", ["--max-epochs", "2", "--max-batches", "2", "--threads", "1"],
-     rf"plain_reference test_rmse_last={NUMBER} cpu_s={NUMBER} epochs=2"),
+     rf"plain_reference budgets_min=0.5,1,2,5 test_rmse_best=({NUMBER},){{3}}{NUMBER} "
+     rf"test_rmse_last=({NUMBER},){{3}}{NUMBER} cpu_s={NUMBER} epochs=2"),
     # the framework variant only (the plain loop has its own line above; a baseline worktree adds nothing here)
     ("cpu_epoch.py", ["--variants", "current", "--rounds", "1", "--short", "1", "--long", "2", "--batches", "1"],
      r"baseline_vs_current=nan current_vs_plain=nan"),
 ])
 def test_benchmark_runs_and_prints_its_result(script, args, last, data_cache):
     assert re.fullmatch(last, bench(script, args, data_cache))
+
+
+def test_the_plain_curve_chooses_the_best_held_out_epoch_finished_within_each_budget():
+    epochs = [Epoch(1, 10.0, 5.0), Epoch(2, 20.0, 3.0), Epoch(3, 30.0, 4.0), Epoch(4, 40.0, 3.0), Epoch(5, 50.0, 2.0)]
+    assert chosen(epochs, 5.0) == (None, None)  # no epoch finished within it
+    assert chosen(epochs, 20.0) == (2, 2)  # an epoch ending exactly at the budget counts
+    assert chosen(epochs, 35.0) == (2, 3)  # the best, not the last
+    assert chosen(epochs, 45.0) == (2, 4)  # a tie keeps the earlier epoch, as the framework's checkpoint does
+    assert chosen(epochs, 60.0) == (5, 5)
+
+
+def test_the_plain_reference_gives_the_same_digits_twice_and_names_its_environment(tmp_path, data_cache):
+    """Two runs of one seed: the same held-out score every epoch, the same chosen epochs and test scores."""
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.json"
+        bench("plain_reference.py", ["--max-epochs", "3", "--max-batches", "3", "--threads", "1", "--seed", "7",
+                                     "--budgets", "1", "2", "--out", str(out)], data_cache)
+        runs.append(json.loads(out.read_text()))
+    first, second = runs
+    assert [e["val_rmse_last"] for e in first["epochs"]] == [e["val_rmse_last"] for e in second["epochs"]]
+    assert first["curve"] == second["curve"] and len(first["curve"]) == 2
+    assert (first["split_seed"], first["val_cuts"], first["protocol"]) == (7, 5, "holdout")
+    assert first["environment"]["torch"] == torch.__version__ and first["environment"]["kernels"].startswith("cpu")
+    assert first["command"].startswith("python benchmarks/plain_reference.py ") and first["git_commit"]
 
 
 def test_ncmapss_reader_benchmark_on_a_small_generated_file(tmp_path, data_cache):

@@ -52,7 +52,11 @@ def device_name(trainer: L.Trainer) -> str:
 def environment(trainer: L.Trainer) -> dict[str, Any]:
     """What produced the digits: the same seed gives the same numbers only in the same environment (one thread;
     docs/reliability.md). ``kernels``: torch's CPU instruction set, or the GPU's name."""
-    device = trainer.strategy.root_device
+    return environment_on(trainer.strategy.root_device)
+
+
+def environment_on(device: torch.device) -> dict[str, Any]:
+    """``environment`` without a trainer: for scripts that train by a loop of their own (benchmarks/)."""
     packages = {}
     for name in PACKAGES:
         try:

@@ -4,8 +4,9 @@ Within one protocol and dataset an *arm* is a controller, RUL loss and variant (
 pair when they share the seed and, when the runs carry one, the fold: same split, same initialisation, so the
 difference is the controller's. Each comparison gives the mean difference (arm minus reference; negative: a lower
 error than the reference), a 95% bootstrap interval of that mean (``scipy.stats.bootstrap``, percentile method,
-seeded) and two two-sided paired tests: the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, exact for small
-samples, no normality assumed; the one to quote) and the paired t-test (``scipy.stats.ttest_rel``).
+9,999 resamples by default, seeded) and two two-sided paired tests: the Wilcoxon signed-rank test
+(``scipy.stats.wilcoxon``, exact for small samples, no normality assumed; the one to quote) and the paired t-test
+(``scipy.stats.ttest_rel``).
 
 With n pairs the Wilcoxon test cannot give p below 2 / 2^n (every difference of one sign): 0.0625 at n = 5, so
 five seeds can never reach p < 0.05 however large the effect. Such comparisons carry a warning.
