@@ -5,8 +5,14 @@ A manifest lists experiments, each a preset name (``experiment=<name>``, its cel
 ``<dataset>_<loss>_<protocol>``) or a mapping ``{name, overrides}`` (cells named ``<name>_<protocol>``), and the
 protocols, seeds and overrides every run gets; ``results`` and ``runs`` name its directories, ``env`` the
 variables its runs start with, ``cpu_s_per_run`` (per dataset) what a run costs before any has been measured.
+``folds`` (optional) lists the ``protocol.fold`` values every seed runs (a K-fold ensemble's K runs: with
+``protocol.folds=K`` among the overrides); a run is then named ``s<seed>_f<fold>``, else ``s<seed>``.
 Each experiment's pending runs (every protocol, every seed not yet completed) go to one ``--multirun`` sweep
-through Hydra's joblib launcher, ``--jobs`` runs at a time on one machine. A run is done when its
+through a Hydra launcher (``--launcher``): ``joblib`` (default), ``--jobs`` runs at a time on one machine;
+``submitit_local``, each run its own process under submitit (every run of a sweep at once); ``submitit_slurm``,
+each run a SLURM job, ``--jobs`` at a time (``hydra.launcher.array_parallelism``; partition, time and the rest
+as extra overrides after ``--``). A budget stop ends the local sweep process; SLURM jobs it submitted are the
+cluster's to cancel (``scancel``). A run is done when its
 ``metrics.json`` says ``completed`` in the results directory (committed) or in the runs directory (git-ignored,
 so a machine keeps them between commands). Before it starts, ``run`` prints what the pending runs will cost.
 Everything else runs again with ``resume=true`` in its run directory: a run that an earlier command left
@@ -20,6 +26,8 @@ If this process itself is killed, the sweep dies with it (PR_SET_PDEATHSIG) and 
     python benchmarks/campaign.py collect                         # completed runs -> the results directory
     python benchmarks/campaign.py run --manifest benchmarks/cpu_campaign.yaml --jobs 1 --budget 7200
     python benchmarks/campaign.py run --manifest benchmarks/cpu_campaign.yaml --cells 'FD003_*' --jobs 1
+    python benchmarks/campaign.py run --manifest benchmarks/fold_ensemble.yaml --launcher submitit_slurm --jobs 20 \
+        -- hydra.launcher.partition=cpu hydra.launcher.timeout_min=120
 """
 from __future__ import annotations
 
@@ -48,6 +56,10 @@ MANIFEST = REPO / "benchmarks" / "campaign.yaml"
 RUNS = "multirun/campaign"      # a manifest's defaults for its ``runs`` and ``results`` keys (relative to REPO)
 RESULTS = "results/gpu_full"
 PRESET_LABEL = "${dataset.name}_${loss.name}"  # a preset's cells: named from the composed config, as label() does
+# each launcher's overrides; {jobs}: how many runs at a time
+LAUNCHERS = {"joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs={jobs}"),
+             "submitit_local": ("hydra/launcher=submitit_local",),
+             "submitit_slurm": ("hydra/launcher=submitit_slurm", "hydra.launcher.array_parallelism={jobs}")}
 REPORTED = ("test/rmse_last", "test/nasa", "best_epoch", "epochs_run", "wall_time_s", "cpu_time_s", "device")
 
 
@@ -64,8 +76,20 @@ class Sweep:
     experiment: str
     protocols: list[str]
     seeds: list[int]
-    runs: list[tuple[str, int]] = field(default_factory=list)  # (cell name, seed), in Hydra's job order
+    runs: list[tuple[str, str]] = field(default_factory=list)  # (cell name, run key), in Hydra's job order
     overrides: tuple[str, ...] = ()
+    folds: list[int] | None = None  # the protocol.fold values swept (None: the manifest has no folds)
+
+
+def run_keys(manifest: Any) -> list[tuple[int, int | None]]:
+    """Every (seed, fold) a cell runs, in order; fold None without the manifest's ``folds``."""
+    folds = list(manifest.get("folds") or [None])
+    return [(seed, fold) for seed in manifest.seeds for fold in folds]
+
+
+def key(seed: int, fold: int | None) -> str:
+    """A run's key in the report; its directory is ``s<key>``."""
+    return str(seed) if fold is None else f"{seed}_f{fold}"
 
 
 def load_manifest(path: Path = MANIFEST) -> Any:
@@ -128,40 +152,54 @@ def run_state(run_dir: Path) -> dict[str, Any]:
                                                                                "last.ckpt").is_file()}
 
 
-def state(cell: Cell, seed: int, runs: Path, results: Path) -> dict[str, Any]:
-    done = run_state(results / cell.name / f"s{seed}")
-    return done if done["status"] == "completed" else run_state(runs / cell.name / f"s{seed}")
+def state(cell: Cell, run: str, runs: Path, results: Path) -> dict[str, Any]:
+    """``run``: the run's key (:func:`key`)."""
+    done = run_state(results / cell.name / f"s{run}")
+    return done if done["status"] == "completed" else run_state(runs / cell.name / f"s{run}")
 
 
 def plan(manifest: Any, runs: Path, results: Path) -> list[Sweep]:
-    """One sweep per experiment with pending runs (protocol x seed, when the pending runs form that product;
-    otherwise one per protocol), in manifest order."""
+    """One sweep per experiment with pending runs (protocol x seed x fold, when the pending runs form that
+    product; otherwise one per protocol, and one per seed where a seed's pending folds differ), in manifest
+    order."""
     sweeps = []
     by_experiment: dict[str, list[Cell]] = {}
     for cell in cells(manifest):
         by_experiment.setdefault(cell.experiment, []).append(cell)
+    has_folds = bool(manifest.get("folds"))
     for experiment, group in by_experiment.items():
-        pending = {c.protocol: [s for s in manifest.seeds if state(c, s, runs, results)["status"] != "completed"]
-                   for c in group}
-        pending = {p: seeds for p, seeds in pending.items() if seeds}
-        if len({tuple(s) for s in pending.values()}) == 1:
+        pending = {c.protocol: [k for k in run_keys(manifest) if state(c, key(*k), runs, results)["status"]
+                                != "completed"] for c in group}
+        pending = {p: keys for p, keys in pending.items() if keys}
+        if len({tuple(k) for k in pending.values()}) == 1:
             sets = [(list(pending), next(iter(pending.values())))]
         else:
-            sets = [([p], seeds) for p, seeds in pending.items()]
+            sets = [([p], keys) for p, keys in pending.items()]
         names = {c.protocol: c.name for c in group}
-        for protocols, seeds in sets:
-            sweeps.append(Sweep(experiment, protocols, list(seeds),
-                                [(names[p], s) for p in protocols for s in seeds], group[0].overrides))
+        for protocols, keys in sets:
+            seeds = list(dict.fromkeys(seed for seed, _ in keys))
+            folds = list(dict.fromkeys(fold for _, fold in keys))
+            product = [(seed, fold) for seed in seeds for fold in folds]
+            parts = [(seeds, folds)] if product == keys else [
+                ([seed], [fold for s, fold in keys if s == seed]) for seed in seeds]
+            for part_seeds, part_folds in parts:
+                sweeps.append(Sweep(experiment, protocols, part_seeds,
+                                    [(names[p], key(seed, fold)) for p in protocols for seed in part_seeds
+                                     for fold in part_folds], group[0].overrides,
+                                    part_folds if has_folds else None))
     return sweeps
 
 
-def sweep_command(sweep: Sweep, manifest: Any, runs: Path, jobs: int, extra: list[str]) -> list[str]:
+def sweep_command(sweep: Sweep, manifest: Any, runs: Path, jobs: int, extra: list[str],
+                  launcher: str = "joblib") -> list[str]:
     preset = sweep.overrides == (f"experiment={sweep.experiment}",)
-    subdir = f"{PRESET_LABEL if preset else sweep.experiment}_${{protocol.name}}/s${{seed}}"
+    run = "s${seed}" if sweep.folds is None else "s${seed}_f${protocol.fold}"
+    subdir = f"{PRESET_LABEL if preset else sweep.experiment}_${{protocol.name}}/{run}"
+    folds = [] if sweep.folds is None else [f"protocol.fold={','.join(map(str, sweep.folds))}"]
     # the manifest's overrides first: an experiment's own (budget=cpu_fd002 over budget=cpu) come later and win
     return [sys.executable, "-m", "grace_lit.train", "--multirun", *manifest.overrides, *sweep.overrides,
-            f"protocol={','.join(sweep.protocols)}", f"seed={','.join(map(str, sweep.seeds))}",
-            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={min(jobs, len(sweep.runs))}",
+            f"protocol={','.join(sweep.protocols)}", f"seed={','.join(map(str, sweep.seeds))}", *folds,
+            *(o.format(jobs=min(jobs, len(sweep.runs))) for o in LAUNCHERS[launcher]),
             f"hydra.sweep.dir={runs}", f"hydra.sweep.subdir={subdir}", "resume=true", *extra]
 
 
@@ -173,8 +211,8 @@ def cost(manifest: Any, runs: Path, results: Path) -> dict[str, Any]:
     pending: dict[str, int] = {}
     for cell in cells(manifest):
         dataset = composed_names(cell.overrides)[0]
-        for seed in manifest.seeds:
-            run = state(cell, seed, runs, results)
+        for seed, fold in run_keys(manifest):
+            run = state(cell, key(seed, fold), runs, results)
             spent = run.get("cpu_time_s") or run.get("wall_time_s")
             if run["status"] == "completed" and spent:
                 done.setdefault(dataset, []).append(spent)
@@ -222,7 +260,8 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 def report(manifest: Any, runs: Path, results: Path) -> dict[str, Any]:
     table = [{"cell": c.name, "experiment": c.experiment, "protocol": c.protocol,
-              "runs": {str(s): state(c, s, runs, results) for s in manifest.seeds}} for c in cells(manifest)]
+              "runs": {key(*k): state(c, key(*k), runs, results) for k in run_keys(manifest)}}
+             for c in cells(manifest)]
     counts: dict[str, int] = {}
     for row in table:
         for run in row["runs"].values():
@@ -231,7 +270,8 @@ def report(manifest: Any, runs: Path, results: Path) -> dict[str, Any]:
 
 
 def run_campaign(manifest: Any, runs: Path, results: Path, jobs: int, deadline: float, extra: list[str],
-                 log: Path, min_start_s: float = 0.0, env: dict[str, str] | None = None) -> dict[str, Any]:
+                 log: Path, min_start_s: float = 0.0, env: dict[str, str] | None = None,
+                 launcher: str = "joblib") -> dict[str, Any]:
     """Run the pending sweeps in order until ``deadline`` (monotonic); a sweep starts only with at least
     ``min_start_s`` left. Returns the report after the last one, with the sweeps started and stopped."""
     runs.mkdir(parents=True, exist_ok=True)
@@ -239,9 +279,10 @@ def run_campaign(manifest: Any, runs: Path, results: Path, jobs: int, deadline: 
     for sweep in plan(manifest, runs, results):
         if deadline - time.monotonic() < max(min_start_s, 1.0):
             break
-        started.append(f"{sweep.experiment} protocol={','.join(sweep.protocols)} seeds={sweep.seeds}")
+        folds = "" if sweep.folds is None else f" folds={sweep.folds}"
+        started.append(f"{sweep.experiment} protocol={','.join(sweep.protocols)} seeds={sweep.seeds}{folds}")
         print(f"campaign: {started[-1]}", flush=True)
-        if run_until([sweep_command(sweep, manifest, runs, jobs, extra)], deadline, log, env) is None:
+        if run_until([sweep_command(sweep, manifest, runs, jobs, extra, launcher)], deadline, log, env) is None:
             stopped.append(started[-1])
             break
     return {"sweeps_started": started, "sweeps_stopped": stopped, **report(manifest, runs, results)}
@@ -263,10 +304,10 @@ def summary_lines(rep: dict[str, Any]) -> list[str]:
     lines = []
     for row in rep["cells"]:
         parts = []
-        for seed, run in row["runs"].items():
+        for run_key, run in row["runs"].items():
             extra = (f" rmse={run['test/rmse_last']:.2f}" if run["status"] == "completed" else
                      f" epochs={run['epochs_done']}" if run["status"] == "unfinished" else "")
-            parts.append(f"s{seed}:{run['status']}{extra}")
+            parts.append(f"s{run_key}:{run['status']}{extra}")
         lines.append(f"{row['cell']:<28} " + " ".join(parts))
     return lines + [f"counts: {rep['counts']}"]
 
@@ -281,7 +322,10 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=MANIFEST)
     parser.add_argument("--runs", type=Path, help="run directories (default: the manifest's runs)")
     parser.add_argument("--results", type=Path, help="completed runs (default: the manifest's results)")
-    parser.add_argument("--jobs", type=int, default=4, help="runs at a time (joblib workers)")
+    parser.add_argument("--jobs", type=int, default=4, help="runs at a time (joblib workers, SLURM array "
+                                                               "parallelism)")
+    parser.add_argument("--launcher", choices=list(LAUNCHERS), default="joblib",
+                        help="Hydra launcher of each sweep (module docstring)")
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds; then stop, keep checkpoints")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--cells", nargs="+", metavar="PATTERN",
@@ -298,7 +342,7 @@ def main() -> None:
         runs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **{k: str(v) for k, v in manifest.get("env", {}).items()}}
         rep = run_campaign(manifest, runs, results, args.jobs, time.monotonic() + args.budget, extra,
-                           runs / "campaign.log", env=env)
+                           runs / "campaign.log", env=env, launcher=args.launcher)
     else:
         rep = report(manifest, runs, results)
     print("\n".join(summary_lines(rep)))

@@ -117,7 +117,7 @@ def test_plan_skips_completed_runs_and_groups_the_rest(tmp_path):
         ("paper_FD001_grace", ["paper", "holdout"], [2]),          # s1 done in results/ and in runs/
         ("paper_FD001_amnl", ["paper", "holdout"], [1, 2]),        # a failed run runs again
         ("paper_FD003_amnl", ["paper"], [2]), ("paper_FD003_amnl", ["holdout"], [1, 2])]
-    assert sweeps[0].runs == [("FD001_gaba_paper", 2), ("FD001_gaba_holdout", 2)]
+    assert sweeps[0].runs == [("FD001_gaba_paper", "2"), ("FD001_gaba_holdout", "2")]
     report = campaign.report(manifest, runs, results)
     states = {(row["cell"], seed): run for row in report["cells"] for seed, run in row["runs"].items()}
     assert states[("FD001_gaba_holdout", "2")] == {"status": "unfinished", "epochs_done": 3, "has_checkpoint": False}
@@ -202,3 +202,42 @@ def test_killed_runner_leaves_nothing_and_its_runs_resume(tmp_path, data_cache):
     assert [Path(p).relative_to(results).as_posix() for p in campaign.collect(runs, results)] == \
         ["FD001_gaba_paper/s1", "FD001_gaba_paper/s2"]
     assert not list(results.glob("*/*/checkpoints")) and (results / "FD001_gaba_paper/s1/metrics.json").is_file()
+
+
+def test_fold_manifest_runs_each_subsets_five_folds_of_one_split_in_one_sweep(tmp_path):
+    """benchmarks/fold_ensemble.yaml: GRACE x FD001-FD004 x protocol.fold 0-4 (protocol.folds=5, one split seed),
+    the CPU campaign's profiles; each subset's five folds go to one sweep, each run named s<seed>_f<fold>, and a
+    fold completed is not run again."""
+    manifest = campaign.load_manifest(REPO / "benchmarks" / "fold_ensemble.yaml")
+    assert [c.name for c in campaign.cells(manifest)] == [f"FD00{i}_grace_holdout" for i in range(1, 5)]
+    sweeps = campaign.plan(manifest, tmp_path / "runs", tmp_path / "results")
+    assert [(s.experiment, s.seeds, s.folds) for s in sweeps] == [(f"FD00{i}_grace", [42], [0, 1, 2, 3, 4])
+                                                                  for i in range(1, 5)]
+    cmd = campaign.sweep_command(sweeps[1], manifest, tmp_path / "runs", jobs=5, extra=[])
+    assert "protocol.fold=0,1,2,3,4" in cmd and "hydra.launcher.n_jobs=5" in cmd
+    job = [a for a in cmd[4:] if not a.startswith(("protocol=", "seed=", "protocol.fold="))]
+    cfg = composed([*job, "protocol=holdout", "seed=42", "protocol.fold=3"], hydra=True)
+    assert (cfg.dataset.name, cfg.loss.name, cfg.protocol.folds, cfg.protocol.fold, cfg.data.split_seed,
+            cfg.protocol.val_cuts, cfg.data.batch_size) == ("FD002", "gaba", 5, 3, 42, 5, 512)  # budget=cpu_fd002
+    assert cfg.hydra.sweep.subdir == "FD002_grace_holdout/s42_f3"
+    write_run(tmp_path / "results" / "FD001_grace_holdout" / "s42_f1", "completed")
+    first = campaign.plan(manifest, tmp_path / "runs", tmp_path / "results")[0]
+    assert first.folds == [0, 2, 3, 4] and first.runs[0] == ("FD001_grace_holdout", "42_f0")
+    row = campaign.report(manifest, tmp_path / "runs", tmp_path / "results")["cells"][0]
+    assert list(row["runs"]) == [f"42_f{k}" for k in range(5)] and row["runs"]["42_f1"]["status"] == "completed"
+
+
+@pytest.mark.parametrize("launcher, target, parallel", [
+    ("joblib", "JoblibLauncher", "hydra.launcher.n_jobs=3"),
+    ("submitit_local", "LocalLauncher", None),
+    ("submitit_slurm", "SlurmLauncher", "hydra.launcher.array_parallelism=3")])
+def test_each_launcher_composes_the_sweep_it_is_given(tmp_path, launcher, target, parallel):
+    """--launcher: the sweep's command names Hydra's launcher (no cluster here: the command is composed, not run)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    manifest = campaign.load_manifest(REPO / "benchmarks" / "fold_ensemble.yaml")
+    sweep = campaign.plan(manifest, tmp_path / "runs", tmp_path / "results")[0]
+    cmd = campaign.sweep_command(sweep, manifest, tmp_path / "runs", jobs=3, extra=[], launcher=launcher)
+    assert f"hydra/launcher={launcher}" in cmd and (parallel is None or parallel in cmd)
+    job = [a for a in cmd[4:] if not a.startswith(("protocol=", "seed=", "protocol.fold="))]
+    cfg = composed([*job, "protocol=holdout", "seed=42", "protocol.fold=0"], hydra=True)
+    assert cfg.hydra.launcher._target_.endswith(target) and cfg.hydra.sweep.subdir == "FD001_grace_holdout/s42_f0"

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from conftest import composed
 from grace_lit.data.synthetic_table import generate
 from grace_lit.export import export_onnx
-from grace_lit.intervals import calibrate
+from grace_lit.conformal import calibrate
 from test_table import PUMP_FEATURES, table
 
 ort = pytest.importorskip("onnxruntime")  # the optional `export` extra (in `dev`, so CI runs this)
@@ -51,3 +51,4 @@ def test_onnx_predictions_equal_pytorch(tmp_path):
     np.testing.assert_allclose(lo, expected[0])
     np.testing.assert_allclose(hi, expected[1])
     assert interval["coverage"] == 0.9 and interval["form"] == "mondrian" and "band" in interval["how"]
+    assert "open" in interval["open_end"] and "125+" in interval["open_end"]  # rul_hi at the cap: RUL >= rul_lo

@@ -1,9 +1,12 @@
-"""Prediction intervals (grace_lit.intervals): coverage on data with known heteroscedastic noise for both forms,
-the adaptive form's per-band coverage, the calibration equal to crepes' own intervals, no interval for
-protocol=paper, and a seed ensemble refused with the setting its runs do not share."""
+"""Prediction intervals (grace_lit.conformal, grace_lit.calibration, grace_lit.ensemble, the study CLI
+grace_lit.intervals): coverage on data with known heteroscedastic noise for every form, the adaptive forms'
+per-band coverage, the calibration equal to crepes' own intervals, the monotone form's bounds that never fall as
+the prediction rises, CV+ equal to MAPIE's, no interval for protocol=paper, the three coverages of metrics.json,
+and ensembles refused with the setting their runs do not share."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import sys
@@ -18,13 +21,15 @@ from omegaconf import OmegaConf
 from conftest import REPO, composed
 from grace_lit.data.preprocess import Preprocessing
 from grace_lit.errors import GraceError
-from grace_lit.intervals import (MISSING_REASON, PAPER_REASON, Calibration, calibrate, check_settings, coverage_by_band,
-                                 ensemble_difference, ensemble_held_out, for_run, held_out_band_gap, summary_keys,
-                                 with_intervals)
+from grace_lit.calibration import (MISSING_REASON, PAPER_REASON, check_settings, for_run, held_out_band_gap,
+                                   summary_keys, with_intervals)
+from grace_lit.conformal import COLUMNS, Calibration, calibrate, coverage_by_band
+from grace_lit.ensemble import ensemble_difference, seed_held_out
 from grace_lit.intervals import main as intervals_main
 
 EDGES = [30.0, 70.0]
 NOMINAL = 0.9
+FLOOR = 1.0  # interval.difficulty_floor's default
 
 
 def heteroscedastic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,18 +45,22 @@ def heteroscedastic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def measured() -> dict[str, dict]:
     (cal_true, cal_pred), (test_true, test_pred) = heteroscedastic(4000, 0), heteroscedastic(4000, 1)
     out = {}
-    for form in ("plain", "mondrian"):
-        calibration = calibrate(cal_true, cal_pred, form, NOMINAL, EDGES, low=0.0, high=125.0)
+    for form in ("plain", "mondrian", "monotone"):
+        calibration = calibrate(cal_true, cal_pred, form, NOMINAL, EDGES, low=0.0, high=125.0,
+                                groups=np.arange(4000) // 10, difficulty_floor=FLOOR)
         out[form] = coverage_by_band(test_true, *calibration.interval(test_pred), EDGES)
     return out
 
 
-def test_both_forms_cover_the_nominal_share_within_sampling_error(measured):
+def test_every_form_covers_the_nominal_share_within_sampling_error(measured):
     # the coverage given a calibration set varies with it (sd sqrt(p(1-p)/n_cal)) and its test share with the
     # test draw (sd sqrt(p(1-p)/n_test)): 3 standard deviations of both
     tolerance = 3 * math.sqrt(NOMINAL * (1 - NOMINAL) * (1 / 4000 + 1 / 4000))
-    for form, result in measured.items():
-        assert abs(result["coverage"] - NOMINAL) < tolerance, (form, result["coverage"])
+    for form in ("plain", "mondrian"):
+        assert abs(measured[form]["coverage"] - NOMINAL) < tolerance, (form, measured[form]["coverage"])
+    # the monotone form's slope limit only widens: below each step of this noise (sd 2 -> 8 -> 20) the half-width
+    # rises at one cycle per cycle instead of jumping, so it over-covers (measured 0.933), never under
+    assert measured["monotone"]["coverage"] > NOMINAL - tolerance
 
 
 def test_the_adaptive_form_is_closer_to_nominal_in_every_band(measured):
@@ -144,7 +153,7 @@ def test_a_paper_run_gets_no_interval_and_says_why(holdout_cfg):
     assert calibration is None and note == PAPER_REASON and "protocol=paper has no held-out units" in note
     predictions = pd.DataFrame({"rul_true": [10.0, 80.0], "rul_pred": [12.0, 70.0]})
     shown = with_intervals(predictions, calibration)
-    assert shown[["rul_lo", "rul_hi", "coverage"]].isna().all().all()  # empty cells in predictions.csv
+    assert shown[list(COLUMNS)].isna().all().all()  # empty cells in predictions.csv
     keys = summary_keys(calibration, note, shown, EDGES)
     assert keys["interval/note"] == PAPER_REASON and keys["interval/form"] is None
     assert keys["test/interval_coverage"] is None and keys["test/interval_coverage_rul<30"] is None
@@ -212,19 +221,21 @@ def test_an_ensemble_is_calibrated_on_the_mean_of_its_runs_shared_held_out_windo
     held = held_out(np.random.default_rng(2))
     a = write_held_out(tmp_path, "a", held)
     b = write_held_out(tmp_path, "b", held.assign(rul_pred=held.rul_pred + 2))
-    mean = ensemble_held_out([a, b])
+    mean = seed_held_out([a, b])
     np.testing.assert_allclose(mean["rul_pred"], held.rul_pred + 1)
     np.testing.assert_allclose(mean["rul_spread"], np.sqrt(2))  # std (ddof=1) of x and x + 2
-    for form in ("plain", "mondrian", "spread"):
+    for form in ("plain", "mondrian", "monotone", "spread"):
         calibration, _ = for_run(edited(holdout_cfg, interval__ensemble_form=form), prep(), mean, ensemble=True)
-        assert calibration.form == form and sum(calibration.points) == len(held)
+        assert calibration.form == form and sum(calibration.points) + calibration.fit_points == len(held)
     other = write_held_out(tmp_path, "f", held.iloc[:-3])
     with pytest.raises(GraceError, match="hold out different windows"):
-        ensemble_held_out([a, other])
+        seed_held_out([a, other])
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("interval.form", "spread", "interval.form='spread' is not one of ('plain', 'mondrian') (a single run has no"),
+    ("interval.form", "spread", "interval.form='spread' is not one of ('plain', 'mondrian', 'monotone') (a single "
+                                "run has no"),
+    ("interval.difficulty_floor", 0.0, "interval.difficulty_floor=0.0 must be > 0"),
     ("interval.ensemble_form", "wide", "interval.ensemble_form='wide' is not one of"),
     ("interval.coverage", 1.0, "interval.coverage=1.0 must lie in (0, 1)"),
     ("interval.spread_floor", -1.0, "interval.spread_floor=-1.0 must be >= 0"),
@@ -275,10 +286,165 @@ def test_measurement_cli_ensemble_of_identical_runs_is_the_run_itself(tmp_path, 
     rows = json.loads((tmp_path / "rows.json").read_text())
     single = {row["form"]: row for row in rows if row["seed"] == 42 and row["run"] == str(copies[0])}
     ensemble = {row["form"]: row for row in rows if row["seed"] == "mean of 2"}
-    assert set(ensemble) == {"plain", "mondrian", "spread"}
-    for form in ("plain", "mondrian"):
+    assert set(ensemble) == {"plain", "mondrian", "monotone", "spread"}
+    for form in ("plain", "mondrian", "monotone"):
         assert ensemble[form]["coverage"] == pytest.approx(single[form]["coverage"])
         assert ensemble[form]["held_out_gap"] == pytest.approx(single[form]["held_out_gap"])
     assert ensemble["spread"]["coverage"] == pytest.approx(single["plain"]["coverage"])
     assert "FD001   mondrian" in capsys.readouterr().out
 
+
+
+# ---------------------------------------------------------------------------------- the monotone form
+def test_the_monotone_form_is_closer_to_nominal_than_plain_in_every_band(measured):
+    labels = ["<30", "30-70", ">=70"]
+    gap = {form: [abs(measured[form][f"coverage_rul{b}"] - NOMINAL) for b in labels] for form in measured}
+    assert all(m < p for m, p in zip(gap["monotone"], gap["plain"])), gap
+    assert measured["monotone"]["width_rul<30"] < measured["plain"]["width_rul<30"] / 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_monotone_bounds_never_fall_as_the_prediction_rises_where_mondrians_jump(seed):
+    """A sweep of predictions over 0..max_rul (step 0.01): no decrease in either bound. The residuals' spread
+    rises steeply (sd 1 below RUL 30, 25 above), so the fitted half-width would outrun the prediction without the
+    slope limit; the Mondrian form on the same points has a lower bound that falls at a band edge."""
+    rng = np.random.default_rng(seed)
+    rul_pred = rng.uniform(0, 125, 3000)
+    rul_true = rul_pred + rng.normal(0, np.where(rul_pred < 30, 1.0, 25.0))
+    sweep = np.arange(0.0, 125.0 + 1e-9, 0.01)
+    monotone = calibrate(rul_true, rul_pred, "monotone", NOMINAL, EDGES, low=0.0, high=125.0,
+                         groups=np.arange(3000) // 20, difficulty_floor=FLOOR)
+    lo, hi = monotone.interval(sweep)
+    assert np.diff(lo).min() >= -1e-9 and np.diff(hi).min() >= -1e-9
+    assert lo[-1] > lo[0] and hi[-1] > hi[0]  # not trivially flat
+    mondrian_lo, _ = calibrate(rul_true, rul_pred, "mondrian", NOMINAL, EDGES, low=0.0, high=125.0).interval(sweep)
+    assert np.diff(mondrian_lo).min() < -10  # the jump the monotone form removes (issue 32, item 2)
+
+
+def test_monotone_is_normalised_conformal_on_one_half_with_the_isotonic_difficulty_of_the_other():
+    """crepes' normalised conformal half-width h (sigmas = scikit-learn's isotonic fit of |residual| on the
+    prediction over alternate units in sorted order, at least the floor; calibrated on the remaining units),
+    widened by brute force to the least half-width whose lower bound never falls: at p, the largest
+    h(p') - (p' - p) over every p' >= p on a fine grid."""
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(5)
+    rul_pred = rng.uniform(0, 125, 600)
+    rul_true = rul_pred + rng.normal(0, 2 + 0.1 * rul_pred)
+    units = np.arange(600) // 6
+    calibration = calibrate(rul_true, rul_pred, "monotone", NOMINAL, EDGES, low=-np.inf, high=None, groups=units,
+                            difficulty_floor=FLOOR)
+    fit = units % 2 == 0  # units 0, 2, 4, ...: the first of each pair in sorted order
+    iso = IsotonicRegression(out_of_bounds="clip").fit(rul_pred[fit], np.abs(rul_true - rul_pred)[fit])
+    regressor = ConformalRegressor().fit((rul_true - rul_pred)[~fit],
+                                         sigmas=np.maximum(iso.predict(rul_pred[~fit]), FLOOR))
+    grid = np.arange(0.0, 130.0, 0.001)
+    crepes_half = regressor.predict_int(grid, sigmas=np.maximum(iso.predict(grid), FLOOR), confidence=NOMINAL)[:, 1] - grid
+    reach = np.maximum.accumulate((crepes_half - grid)[::-1])[::-1] + grid  # max over p' >= p of h(p') - (p' - p)
+    new = np.linspace(0, 125, 41)
+    expected = reach[np.searchsorted(grid, new)]
+    np.testing.assert_allclose(calibration.half_width(new), expected, rtol=0, atol=1e-2)  # the grid's step
+    assert (calibration.half_width(new) > crepes_half[np.searchsorted(grid, new)] + 1e-6).any()  # the limit acts
+    assert (calibration.points, calibration.fit_points) == ([int((~fit).sum())], int(fit.sum()))
+    assert Calibration.from_dict(calibration.to_dict()) == calibration  # the ONNX contract's copy
+
+
+def test_the_slope_limit_only_widens_and_caps_the_half_widths_rise_at_one_cycle_per_cycle():
+    """half rises 2 -> 12 between 10 and 11: at 11 the limit needs 11 at 10 and 1 at 0, where 2 stands, so a
+    knot is added where the limit 12 - (11 - p) meets 2: p = 1; from 11 to 50 half rises gently (no change)."""
+    from grace_lit.conformal import slope_limited
+
+    knots, half = slope_limited(np.array([0.0, 10.0, 11.0, 50.0]), np.array([2.0, 2.0, 12.0, 20.0]))
+    np.testing.assert_allclose(knots, [0.0, 1.0, 10.0, 11.0, 50.0])
+    np.testing.assert_allclose(half, [2.0, 2.0, 11.0, 12.0, 20.0])
+
+
+def test_a_band_too_small_to_calibrate_is_warned_about_naming_it_and_counted(caplog):
+    rul_pred = np.array([10.0] * 8 + [50.0] * 20)
+    with caplog.at_level(logging.WARNING, logger="grace_lit"):
+        calibration = calibrate(rul_pred + 1.0, rul_pred, "mondrian", NOMINAL, EDGES, low=0.0, high=125.0)
+    assert calibration.uncalibrated_bands() == 2
+    assert "band <30 has 8 calibration points, too few for a 90% interval" in caplog.text
+    assert "band >=70 has 0 calibration points" in caplog.text and "Fix: more held-out cut ends" in caplog.text
+    np.testing.assert_array_equal(calibration.unbounded(np.array([5.0, 50.0, 100.0])), [True, False, True])
+
+
+# ---------------------------------------------------------------------------------- what metrics.json says
+def test_metrics_report_coverage_on_the_capped_truth_below_the_cap_and_against_the_raw_truth():
+    """Four test units by hand: the capped truth covers all four (two intervals open at 125); the raw truths
+    200 and 130 lie above the cap, so against the raw truth 2 of 4 are covered, and on the 2 units whose raw
+    truth is at most 125, both."""
+    calibration = Calibration("plain", NOMINAL, [], [10.0], [40], 0.0, 125.0)
+    predictions = with_intervals(pd.DataFrame({"rul_true": [20.0, 60.0, 125.0, 125.0],
+                                               "rul_pred": [25.0, 55.0, 120.0, 118.0],
+                                               "rul_true_raw": [20.0, 60.0, 200.0, 130.0]}), calibration)
+    assert predictions["rul_hi_open"].tolist() == [False, False, True, True]
+    assert (predictions["nominal_coverage"] == NOMINAL).all()
+    held = pd.DataFrame({"unit": [7, 7, 3], "rul_true": 1.0, "rul_pred": 1.0, "is_last": True})
+    keys = summary_keys(calibration, None, predictions, EDGES, held)
+    assert keys["test/interval_coverage"] == 1.0 and keys["test/interval_coverage_raw_truth"] == 0.5
+    assert keys["test/interval_coverage_raw_le_cap"] == 1.0 and keys["test/interval_n_raw_le_cap"] == 2
+    assert keys["interval/held_out_units"] == [7, 3] and keys["interval/uncalibrated_bands"] == 0
+    assert set(keys["interval/coverage_truths"]) == {"test/interval_coverage", "test/interval_coverage_raw_truth",
+                                                     "test/interval_coverage_raw_le_cap"}
+    json.dumps(keys)  # metrics.json holds them
+
+
+# ---------------------------------------------------------------------------------- CV+
+class Lookup:
+    """A scikit-learn regressor whose fold models are given: row r of X is point r, and a model fitted without
+    the points of fold k predicts table[k] (the model fitted on every point, which MAPIE also fits, the mean)."""
+
+    def __init__(self, table=None, fold_of=None):
+        self.table, self.fold_of = table, fold_of
+
+    def get_params(self, deep=True):
+        return {"table": self.table, "fold_of": self.fold_of}
+
+    def set_params(self, **params):
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def fit(self, X, y):
+        seen = set(X[:, 0].astype(int))
+        absent = [k for k in range(len(self.table)) if not seen & set(np.flatnonzero(self.fold_of == k))]
+        self.fold_ = absent[0] if absent else None
+        return self
+
+    def predict(self, X):
+        rows = X[:, 0].astype(int)
+        return self.table[self.fold_, rows] if self.fold_ is not None else self.table[:, rows].mean(axis=0)
+
+
+@pytest.mark.parametrize("n", [37, 39, 200])  # 39: alpha (n + 1) an integer, where the rank is easily off by one
+def test_cv_plus_is_mapies_on_the_same_fold_predictions(n):
+    mapie = pytest.importorskip("mapie.regression")  # in the dev extra
+    from sklearn.model_selection import PredefinedSplit
+
+    from grace_lit.conformal import CrossConformal
+
+    rng = np.random.default_rng(n)
+    k, m = 5, 30
+    fold_of = rng.integers(0, k, n)
+    rul_true = rng.uniform(0, 125, n)
+    table = rng.uniform(0, 125, (k, n + m))  # each fold model's predictions of every point
+    regressor = mapie.CrossConformalRegressor(Lookup(table, np.concatenate([fold_of, np.full(m, -1)])),
+                                              confidence_level=NOMINAL, cv=PredefinedSplit(fold_of), method="plus")
+    x = np.arange(n + m, dtype=float)[:, None]
+    _, expected = regressor.fit_conformalize(x[:n], rul_true).predict_interval(x[n:])
+    residuals = np.abs(rul_true - table[fold_of, np.arange(n)])
+    lo, hi = CrossConformal(NOMINAL, residuals, fold_of, -np.inf, None).interval(table[:, n:])
+    np.testing.assert_allclose(np.stack([lo, hi], axis=1), expected[:, :, 0], rtol=0, atol=1e-9)
+
+
+def test_cv_plus_by_hand_on_nine_points():
+    """n = 9, coverage 0.8: ranks floor(0.2 * 10) = 2 and ceil(0.8 * 10) = 8. Two folds predict a new point at 50
+    (fold 0) and 60 (fold 1); residuals 1..9, points 0-4 in fold 0: lower values 49, 48, 47, 46, 45 and 54, 53,
+    52, 51 -> sorted 45, 46, ...: the 2nd is 46; upper values 51..55 and 66..69 -> the 8th smallest is 68."""
+    from grace_lit.conformal import CrossConformal
+
+    residuals = np.arange(1.0, 10.0)
+    fold = np.array([0] * 5 + [1] * 4)
+    lo, hi = CrossConformal(0.8, residuals, fold, 0.0, 125.0).interval(np.array([[50.0], [60.0]]))
+    assert (lo[0], hi[0]) == (46.0, 68.0)

@@ -100,7 +100,7 @@ def interval_line(summary: dict[str, Any]) -> str:
     coverage = summary.get("test/interval_coverage")
     measured = "" if coverage is None else (f": test coverage {coverage:.3f}, mean width "
                                             f"{summary['test/interval_width']:.1f}")
-    return (f"  {summary['interval/coverage']:.0%} interval ({summary['interval/form']}, calibrated on "
+    return (f"  {summary['interval/nominal_coverage']:.0%} interval ({summary['interval/form']}, calibrated on "
             f"{summary['interval/calibration_points']} held-out cut ends){measured}\n")
 
 

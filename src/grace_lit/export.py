@@ -15,21 +15,24 @@ from torch import nn
 
 from grace_lit.data.preprocess import Preprocessing
 from grace_lit.errors import GraceError
-from grace_lit.intervals import Calibration
+from grace_lit.conformal import Calibration
 from grace_lit.io import atomic_write_text
 
 INPUT, OUTPUTS = "windows", ("rul", "health_logits")
 INTERVAL_HOW = ("band = number of `edges` <= rul (form mondrian; band 0 otherwise); half = half_widths[band] "
                 "(null: unbounded), times (spread + spread_floor) for form spread (an ensemble's standard "
-                "deviation); rul_lo = clip(rul - half), rul_hi = clip(rul + half), clip to [low, high] (high null: "
-                "no upper bound); the true RUL lies in [rul_lo, rul_hi] with probability `coverage`, as "
-                "calibrated on held-out units")
+                "deviation); for form monotone (half_widths[0] not null) half = the linear interpolation of "
+                "`knot_half_widths` at rul over `knots` (constant beyond them); rul_lo = clip(rul - half), rul_hi = "
+                "clip(rul + half), clip to [low, high] (high null: no upper bound); the true RUL lies in "
+                "[rul_lo, rul_hi] with probability `coverage` (nominal), as calibrated on held-out units")
+OPEN_END = ("rul_hi equal to `high` (or unbounded) is open: the interval says RUL >= rul_lo, shown as "
+            "'<high>+' (e.g. 125+), since the truth it was calibrated on is capped at `high`")
 
 
 def export_onnx(model: nn.Module, prep: Preprocessing, out_dir: Path, calibration: Calibration | None = None,
                 interval_note: str | None = None) -> tuple[Path, Path]:
     """Write ``model.onnx`` (dynamic batch size) and ``contract.json`` into ``out_dir``; the contract's
-    ``interval`` is the run's calibration (grace_lit.intervals.Calibration), or says why there is none."""
+    ``interval`` is the run's calibration (grace_lit.conformal.Calibration), or says why there is none."""
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError as err:
@@ -51,7 +54,7 @@ def export_onnx(model: nn.Module, prep: Preprocessing, out_dir: Path, calibratio
                     "health_logits": "one logit per health state; softmax gives the probabilities; state k = "
                                      "the number of health_thresholds the RUL lies below"},
         "preprocessing": json.loads(prep.to_json()),
-        "interval": {**calibration.to_dict(), "how": INTERVAL_HOW} if calibration is not None
+        "interval": {**calibration.to_dict(), "how": INTERVAL_HOW, "open_end": OPEN_END} if calibration is not None
         else {"form": None, "note": interval_note},
     }
     contract_path = out_dir / "contract.json"

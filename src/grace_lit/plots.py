@@ -14,19 +14,24 @@ import json
 import textwrap
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from grace_lit.data.windows import health_names
+from grace_lit.fleet import ranked
 from grace_lit.replay import window_predictions
 
 DPI = 120
 PANEL = (4.5, 3.4)  # inches per subplot; a figure is at least two panels wide, so its title fits
+FLEET_ROW_INCHES = 0.12  # the fleet figure's height per unit
 LOG_SPAN = 10.0  # task weights spanning more than this factor (AMNL's effective weights) get a log axis
 CONTROLLER_PANELS = {"weight_": "task weights", "g_": "gradient norms (shared parameters)",
                      "cos_": "cosine between the task gradients (< 0: conflict)"}
+HEALTH_COLOURS = ("tab:green", "tab:orange", "tab:red")  # healthy, degrading, critical (more states: viridis)
 BAR_METRICS = {"rmse_last": "test RMSE (last window)", "nasa": "test NASA score", "health_acc": "test health acc."}
 
 
@@ -119,6 +124,45 @@ def last_window(predictions: pd.DataFrame, title: str, path: Path) -> Path:
     ordered.set(xlabel="test unit (sorted by true RUL)", ylabel="RUL", title="per unit")
     ordered.legend()
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def fleet_intervals(frame: pd.DataFrame, title: str, path: Path, alert: float | None = None) -> Path:
+    """Every unit's interval (a prediction table: rul_pred, rul_lo, rul_hi, rul_hi_open, health_pred), one row
+    per unit ranked by lower bound (the first to inspect at the top), coloured by predicted health state; an
+    open upper end ("RUL >= lo") drawn as an arrow past the cap instead of an end; ``alert``: a line at that
+    many cycles."""
+    rows = ranked(frame).reset_index(drop=True)
+    states = sum(c.startswith("p_health_") for c in rows.columns) or 1
+    names = health_names(states) if states > 1 else ["(no health head)"]
+    colours = (HEALTH_COLOURS if states == len(HEALTH_COLOURS) else
+               [matplotlib.colormaps["viridis"](k / max(states - 1, 1)) for k in range(states)])
+    health = rows["health_pred"].fillna(0).astype(int) if "health_pred" in rows else pd.Series(0, index=rows.index)
+    fig = Figure(figsize=(PANEL[0] * 2, max(PANEL[1], FLEET_ROW_INCHES * len(rows))), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    is_open = rows["rul_hi_open"].fillna(False).to_numpy(bool)
+    finite = rows["rul_hi"].where(np.isfinite(rows["rul_hi"]))
+    top = float(max(finite.max(), rows["rul_pred"].max())) if finite.notna().any() else float(rows["rul_pred"].max())
+    for state in range(states):
+        mine = (health == state).to_numpy()
+        if not mine.any():
+            continue
+        closed, opened = mine & ~is_open, mine & is_open
+        ax.hlines(y[mine], rows["rul_lo"][mine], np.minimum(rows["rul_hi"][mine], top), color=colours[state],
+                  linewidth=2, label=f"{state} {names[state]}")
+        ax.plot(rows["rul_lo"][mine], y[mine], "|", color=colours[state], markersize=6)
+        ax.plot(rows["rul_hi"][closed], y[closed], "|", color=colours[state], markersize=6)
+        ax.plot(np.full(opened.sum(), top), y[opened], ">", color=colours[state], markersize=5)
+        ax.plot(rows["rul_pred"][mine], y[mine], "o", color="k", markersize=2.5)
+    if is_open.any():
+        ax.plot([], [], ">", color="0.4", label=f"open end: RUL >= lower bound (truth capped at {top:g})")
+    if alert is not None:
+        ax.axvline(alert, color="k", linestyle="--", linewidth=0.8, label=f"alert: lower bound < {alert:g}")
+    ax.set_yticks(y, rows["unit"].astype(str), fontsize="x-small")
+    ax.invert_yaxis()  # the lowest lower bound at the top
+    ax.set(xlabel="RUL (interval, dot: prediction)", ylabel="unit (ranked by lower bound)", title=title)
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small")
     return _save(fig, path)
 
 

@@ -1,6 +1,8 @@
 """Apply a finished run to new units: ``python -m grace_lit.predict RUN_DIR DATA [--out FILE] [--all-windows]``
 (console script ``grace-predict``); ``--export onnx`` writes the model for deployment instead. Several run
-directories before DATA average a seed ensemble. Each prediction carries its interval (grace_lit.intervals).
+directories before DATA are one model (grace_lit.ensemble): a seed ensemble, or the K fold runs of one split
+(CV+ intervals). Each prediction carries its interval (grace_lit.calibration) and its health state by name;
+``--plot``, ``--alert`` and ``--sort lower`` give the fleet view (grace_lit.fleet).
 
 Loads the run's config (``.hydra/config.yaml``), its fitted preprocessing (``preprocessing.json``) and the
 selected checkpoint with its EMA shadow (as ``trainer.test`` scores it), standardises DATA exactly as the run's
@@ -24,22 +26,19 @@ from grace_lit.data.pipeline import Runs, series
 from grace_lit.data.preprocess import Preprocessing
 from grace_lit.data.table import read_frame, runs_from_frame
 from grace_lit.data.windows import WindowSet
+from grace_lit.calibration import for_folds, for_run, from_run_dir, with_intervals
+from grace_lit.conformal import COLUMNS, Calibration, CrossConformal, interval_columns
+from grace_lit.data.windows import with_health_names
+from grace_lit.ensemble import combine, open_runs, out_of_fold, seed_held_out
 from grace_lit.errors import GraceError
 from grace_lit.export import export_onnx
-from grace_lit.intervals import (Calibration, ensemble_held_out, ensemble_runs, for_run, from_run_dir,
-                                 with_intervals)
+from grace_lit.fleet import alerts, printed, ranked
 from grace_lit.io import atomic_write_csv
-from grace_lit.replay import load_run_config, selected_model
+from grace_lit.plots import fleet_intervals
+from grace_lit.replay import selected_model
+from grace_lit.rundir import load_preprocessing, load_run_config
 
 log = logging.getLogger("grace_lit")
-
-
-def load_preprocessing(run_dir: Path) -> Preprocessing:
-    path = run_dir / "preprocessing.json"
-    if not path.is_file():
-        raise GraceError(f"{path} is missing. Fix: pass the directory of a run that finished (grace_lit.train "
-                         f"writes preprocessing.json beside metrics.json).")
-    return Preprocessing.from_json(path.read_text())
 
 
 # Operating settings farther than this share of their training range beyond it (plus 0.1% of their size, for a
@@ -93,11 +92,10 @@ def check_seen(runs: Runs, prep: Preprocessing, run_dir: Path) -> None:
 
 
 @torch.no_grad()
-def predict(run_dir: Path, data: Path, all_windows: bool = False, device: str | None = None,
-            intervals: bool = True, allow_unseen: bool = False) -> pd.DataFrame:
-    """One row per unit (its last window) or per window: unit, time, rul_pred, the interval rul_lo, rul_hi and
-    the coverage it was calibrated for (empty without one: ``frame.attrs["interval_note"]`` says why) and, when
-    the run trained its health head, health_pred and p_health_<k> for every health state k."""
+def model_predictions(run_dir: Path, data: Path, all_windows: bool = False, device: str | None = None,
+                      allow_unseen: bool = False) -> pd.DataFrame:
+    """One row per unit (its last window) or per window: unit, time, rul_pred and, when the run trained its
+    health head, health_pred and p_health_<k> for every health state k; no interval."""
     cfg = load_run_config(run_dir)
     prep = load_preprocessing(run_dir)
     runs = read_units(data, prep, run_dir, allow_unseen)
@@ -124,19 +122,28 @@ def predict(run_dir: Path, data: Path, all_windows: bool = False, device: str | 
         frame["health_pred"] = p.argmax(axis=1)
         for k in range(p.shape[1]):
             frame[f"p_health_{k}"] = p[:, k]
-    if not intervals:
-        return frame
-    calibration, note = from_run_dir(run_dir, cfg, prep)
-    return interval_columns(frame, calibration, note)
+    return frame
 
 
-def interval_columns(frame: pd.DataFrame, calibration: Calibration | None, note: str | None,
-                     spread: np.ndarray | None = None) -> pd.DataFrame:
-    """rul_lo, rul_hi, coverage right after rul_pred (after rul_spread for an ensemble)."""
-    extra = with_intervals(frame[["rul_pred"]], calibration, spread)
+def predict(run_dir: Path, data: Path, all_windows: bool = False, device: str | None = None,
+            allow_unseen: bool = False) -> pd.DataFrame:
+    """:func:`model_predictions` with the interval rul_lo, rul_hi, rul_hi_open and the nominal_coverage it was
+    calibrated for (empty without one: ``frame.attrs["interval_note"]`` says why) and health_name beside
+    health_pred."""
+    frame = model_predictions(run_dir, data, all_windows, device, allow_unseen)
+    calibration, note = from_run_dir(run_dir, load_run_config(run_dir), load_preprocessing(run_dir))
+    return presented(frame, calibration, note, with_intervals(frame[["rul_pred"]], calibration))
+
+
+def presented(frame: pd.DataFrame, calibration: Calibration | CrossConformal | None, note: str | None,
+              intervals: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the interval columns (of ``intervals``) right after rul_pred (after rul_spread for an
+    ensemble) and the predicted health state's name right after its code."""
     at = frame.columns.get_loc("rul_spread" if "rul_spread" in frame.columns else "rul_pred") + 1
-    for i, column in enumerate(c for c in extra.columns if c != "rul_pred"):
-        frame.insert(at + i, column, extra[column].to_numpy())
+    for i, column in enumerate(COLUMNS):
+        frame.insert(at + i, column, intervals[column].to_numpy())
+    if "health_pred" in frame:
+        frame = with_health_names(frame, sum(c.startswith("p_health_") for c in frame.columns))
     frame.attrs["interval_note"] = note
     frame.attrs["calibration"] = calibration
     return frame
@@ -144,30 +151,55 @@ def interval_columns(frame: pd.DataFrame, calibration: Calibration | None, note:
 
 def predict_ensemble(run_dirs: list[Path], data: Path, all_windows: bool = False,
                      device: str | None = None, allow_unseen: bool = False) -> pd.DataFrame:
-    """Several finished runs (a seed ensemble) averaged: rul_pred their mean, rul_spread their standard deviation,
-    the interval calibrated on their shared held-out units (interval.ensemble_form of the first run's config),
-    p_health_<k> their mean probabilities. Runs that differ in preprocessing, features or split are refused."""
-    runs = ensemble_runs(run_dirs)
-    frames = [predict(d, data, all_windows, device, intervals=False, allow_unseen=allow_unseen) for d in run_dirs]
-    preds = np.stack([f["rul_pred"].to_numpy(dtype=np.float64) for f in frames])
-    frame = frames[0].assign(rul_pred=preds.mean(axis=0))
-    frame.insert(frame.columns.get_loc("rul_pred") + 1, "rul_spread", preds.std(axis=0, ddof=1))
-    p_columns = [c for c in frame.columns if c.startswith("p_health_")]
-    if p_columns and all(set(p_columns) <= set(f.columns) for f in frames):
-        p = np.mean([f[p_columns].to_numpy() for f in frames], axis=0)
-        frame[p_columns] = p
-        frame["health_pred"] = p.argmax(axis=1)
-    calibration, note = for_run(runs[0][1], load_preprocessing(run_dirs[0]), ensemble_held_out(run_dirs),
-                                ensemble=True)
-    return interval_columns(frame, calibration, note, spread=frame["rul_spread"].to_numpy())
+    """Several finished runs as one model (grace_lit.ensemble): rul_pred their mean, rul_spread their standard
+    deviation, p_health_<k> their mean probabilities. A seed ensemble's interval is calibrated on their shared
+    held-out units (interval.ensemble_form of the first run's config); a K-fold ensemble's is CV+ from the
+    out-of-fold cut ends. Runs that do not belong together are refused."""
+    ensemble = open_runs(run_dirs)
+    frame, members = combine([model_predictions(d, data, all_windows, device, allow_unseen) for d in run_dirs])
+    prep = load_preprocessing(run_dirs[0])
+    if ensemble.kind == "folds":
+        cross, note = for_folds(ensemble.cfg, prep, out_of_fold(ensemble))
+        folds = [int(cfg.protocol.fold) for _, cfg, _ in ensemble.members]
+        intervals = (pd.DataFrame({c: np.nan for c in COLUMNS}, index=frame.index) if cross is None else
+                     pd.DataFrame(interval_columns(*cross.interval(members[np.argsort(folds)]), cross.coverage,
+                                                   cross.high), index=frame.index))
+        return presented(frame, cross, note, intervals)
+    calibration, note = for_run(ensemble.cfg, prep, seed_held_out(run_dirs), ensemble=True)
+    return presented(frame, calibration, note, with_intervals(frame[["rul_pred", "rul_spread"]], calibration,
+                                                              frame["rul_spread"].to_numpy()))
+
+
+def calibration_words(calibration: Calibration | CrossConformal | None) -> str:
+    if calibration is None:
+        return "no interval"
+    source = "out-of-fold cut ends of every training unit" if calibration.form == "cv+" else "held-out cut ends"
+    return f"{calibration.coverage:.0%} interval ({calibration.form}, calibrated on {sum(calibration.points)} {source})"
+
+
+def report(frame: pd.DataFrame, time: str, rows: int) -> None:
+    """The interval's calibration (or why there is none) and the first ``rows`` rows as printed."""
+    calibration = frame.attrs["calibration"]
+    if calibration is None:
+        log.info("%s", frame.attrs["interval_note"])
+    else:
+        log.info("rul_lo, rul_hi: %s; rul_hi_open: the upper end is the cap, the interval says RUL >= rul_lo",
+                 calibration_words(calibration))
+    head = frame.head(rows)
+    unbounded = calibration.unbounded(head["rul_pred"]) if isinstance(calibration, Calibration) else None
+    log.info("%s%s", printed(head, time, unbounded), "" if len(frame) <= rows else
+             f"\n... {len(frame) - rows} more rows in the CSV")
+    if unbounded is not None and unbounded.any():
+        log.info("* a band too small to calibrate: the interval is the whole range (a warning at calibration "
+                 "says which)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="grace-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
                         help="RUN_DIR [RUN_DIR ...] DATA: one finished run's directory (holds .hydra/, "
-                             "checkpoints/), or several to average as a seed ensemble; then the units to predict: "
-                             "CSV / Parquet (or NASA .txt)")
+                             "checkpoints/), or several as one model (a seed ensemble, or the K fold runs of one "
+                             "split); then the units to predict: CSV / Parquet (or NASA .txt)")
     parser.add_argument("--out", type=Path, help="CSV to write (default RUN_DIR/predict.csv); with --export, "
                                                   "the directory (default RUN_DIR/export)")
     parser.add_argument("--all-windows", action="store_true", help="every window, not only each unit's last")
@@ -176,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-unseen", action="store_true",
                         help="predict data whose operating settings lie far outside the training range (refused "
                              "otherwise: the model never saw such conditions)")
+    parser.add_argument("--sort", choices=["lower"], help="lower: write the rows ranked by the interval's lower "
+                                                           "bound, the first to inspect first")
+    parser.add_argument("--alert", type=float, metavar="N",
+                        help="list the units whose lower bound lies below N (time units of the data)")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="draw every unit's interval ranked by lower bound, coloured by health state")
+    parser.add_argument("--show", type=int, default=10, metavar="ROWS", help="rows printed (default 10)")
     args = parser.parse_args(argv)
     # every path but a last one that is not a directory is a run (DATA is a file)
     data = args.paths[-1] if len(args.paths) > 1 and not args.paths[-1].is_dir() else None
@@ -198,16 +237,22 @@ def main(argv: list[str] | None = None) -> None:
             frame = predict_ensemble(args.run_dirs, args.data, args.all_windows, args.device, args.allow_unseen)
         else:
             frame = predict(args.run_dir, args.data, args.all_windows, args.device, allow_unseen=args.allow_unseen)
+        if args.sort == "lower":
+            frame = ranked(frame)
         out = args.out or args.run_dir / "predict.csv"
         atomic_write_csv(out, frame)
         log.info("%d rows (%d units%s) -> %s", len(frame), frame["unit"].nunique(),
-                 f", mean of {len(args.run_dirs)} runs" if len(args.run_dirs) > 1 else "", out)
-        calibration = frame.attrs["calibration"]
-        if calibration is None:
-            log.info("%s", frame.attrs["interval_note"])
-        else:
-            log.info("rul_lo, rul_hi: %.0f%% interval (%s), calibrated on %d held-out cut ends", 100 *
-                     calibration.coverage, calibration.form, sum(calibration.points))
+                 f", {len(args.run_dirs)} runs as one model" if len(args.run_dirs) > 1 else "", out)
+        time = load_preprocessing(args.run_dir).time
+        report(frame, time, args.show)
+        if args.alert is not None:
+            flagged = alerts(frame, args.alert)
+            log.info("alert: %d of %d rows have a lower bound below %g%s", len(flagged), len(frame), args.alert,
+                     ":\n" + printed(flagged, time) if len(flagged) else "")
+        if args.plot:
+            title = (f"{', '.join(map(str, args.run_dirs))} on {args.data.name}: "
+                     f"{calibration_words(frame.attrs['calibration'])}")
+            log.info("fleet figure -> %s", fleet_intervals(frame, title, args.plot, args.alert))
     except GraceError as err:
         log.error("ERROR %s", err)
         sys.exit(1)

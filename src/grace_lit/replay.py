@@ -11,21 +11,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-import grace_lit.config  # noqa: F401  (registers the resolvers the saved config uses)
 from grace_lit.errors import GraceError
 from grace_lit.results import named_units
+from grace_lit.rundir import load_run_config
 
 MODEL_PREFIX = "model."  # GraceModule keeps the network under .model
-
-
-def load_run_config(run_dir: Path) -> DictConfig:
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise GraceError(f"{path} is missing. Fix: pass a Hydra run directory of grace_lit.train.")
-    return OmegaConf.load(path)
 
 
 def selected_model(run_dir: Path, cfg: DictConfig) -> nn.Module:

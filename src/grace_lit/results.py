@@ -16,7 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from grace_lit.intervals import attach as attach_intervals
+from grace_lit.calibration import attach as attach_intervals
+from grace_lit.data.windows import with_health_names
 from grace_lit.io import atomic_write_csv, atomic_write_json
 from grace_lit.metrics import nasa_terms
 
@@ -119,11 +120,15 @@ def score_raw_truth(summary: dict[str, Any], predictions: pd.DataFrame | None,
 
 def write_scored(out_dir: Path, cfg: DictConfig, summary: dict[str, Any], module: Any, splits: Any) -> None:
     """A tested model's files, for a train run and a study's best trial alike: the test predictions with their
-    intervals (calibrated on the held-out cut ends) and their raw-truth scores beside the capped ones, then
+    raw-truth scores beside the capped ones, their intervals (calibrated on the held-out cut ends, covering
+    both truths) and the predicted health state's name, then
     ``write_results``. ``module``: the tested GraceModule; ``splits``: its datamodule's ``Splits``."""
-    predictions = attach_intervals(cfg, splits.preprocessing, summary, module.test_predictions,
-                                   module.held_out_predictions)
-    predictions = score_raw_truth(summary, predictions, splits.test_rul_raw)
+    held = module.held_out_predictions
+    held = None if held is None else named_units(held, splits.unit_names)  # as calibration.csv names them
+    predictions = score_raw_truth(summary, module.test_predictions, splits.test_rul_raw)
+    predictions = attach_intervals(cfg, splits.preprocessing, summary, predictions, held)
+    if predictions is not None:
+        predictions = with_health_names(predictions, cfg.model.num_health_states)
     write_results(out_dir, summary, predictions, splits.unit_names, module.held_out_predictions)
 
 
@@ -131,7 +136,7 @@ def write_results(out_dir: Path, summary: dict[str, Any], predictions: pd.DataFr
                   unit_names: dict[int, str], held_out: pd.DataFrame | None = None) -> None:
     """``unit_names``: the units as the user's table names them (``Splits.unit_names``), as predict prints them.
     ``held_out``: the held-out cut ends scored by the tested weights (protocol=holdout), which calibrate the
-    intervals (``grace_lit.intervals``), written as ``calibration.csv``: intervals are calibrated again later
+    intervals (``grace_lit.calibration``), written as ``calibration.csv``: intervals are calibrated again later
     without the checkpoint."""
     if held_out is not None:
         atomic_write_csv(out_dir / "calibration.csv", named_units(held_out, unit_names))

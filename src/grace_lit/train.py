@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from grace_lit.config import check_device, validate
 from grace_lit.console import closing, opening, print_config, quiet
 from grace_lit.errors import GraceError, Refused
-from grace_lit.intervals import check_settings as check_interval_settings
+from grace_lit.calibration import check_settings as check_interval_settings
 from grace_lit.io import AtomicCheckpointIO, atomic_write_text
 from grace_lit.module import GraceModule
 from grace_lit.results import run_summary, write_failure, write_scored

@@ -148,7 +148,7 @@ class RunToFailure:
         """Windows for fitting (preprocessing fitted on these units only), held-out validation units (each cut
         ``val_cuts`` times at seeded cycles; every cut is its own sequence) and the test units; with
         ``calibration_cuts``, the held-out units cut that many more times, only each cut's last window kept: the
-        points that calibrate the prediction intervals (grace_lit.intervals)."""
+        points that calibrate the prediction intervals (grace_lit.calibration)."""
         fit = self.train.take(np.isin(self.train.unit, fit_units))
         self._check_lengths(fit, self.spec["window"])
         prep = Preprocessing(**self.spec).fit(fit.features, fit.conditions)

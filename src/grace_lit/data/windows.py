@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -27,6 +28,25 @@ class UnitSeries:
 def health_labels(rul: np.ndarray, thresholds: list[float]) -> np.ndarray:
     """Health state = number of thresholds the RUL lies strictly below (0 healthy ... len(thresholds) critical)."""
     return (np.asarray(rul)[:, None] < np.asarray(thresholds, dtype=np.float64)[None, :]).sum(axis=1)
+
+
+def health_names(states: int) -> list[str]:
+    """The states' names by code: 0 healthy ... the last critical (three states: healthy, degrading, critical;
+    two, as N-CMAPSS's hs flag gives: healthy, degraded)."""
+    if states == 2:
+        return ["healthy", "degraded"]
+    middle = ["degrading"] if states == 3 else [f"degrading {k}" for k in range(1, states - 1)]
+    return ["healthy", *middle, "critical"]
+
+
+def with_health_names(frame: pd.DataFrame, states: int) -> pd.DataFrame:
+    """``frame`` with ``health_name`` (the predicted state's name) right after ``health_pred``; empty where the
+    run has no health head."""
+    names = health_names(states)
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("health_pred") + 1, "health_name",
+                 frame["health_pred"].map(lambda code: names[int(code)], na_action="ignore"))
+    return frame
 
 
 class WindowSet(Dataset):
