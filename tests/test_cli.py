@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import re
 import subprocess
 import sys
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import REPO, cli_env
 from grace_lit.console import quiet
@@ -60,6 +64,15 @@ def test_single_run_writes_metrics_predictions_checkpoints(single):
     assert metrics["interval/form"] is None and metrics["test/interval_coverage"] is None
     assert metrics["interval/note"].startswith("no interval: protocol=paper has no held-out units")
     assert metrics["interval/note"] in run.stderr + run.stdout
+    # the environment that made the digits, read here independently of the run
+    env = metrics["environment"]
+    assert (env["python"], env["torch"], env["numpy"]) == (platform.python_version(), torch.__version__,
+                                                          np.__version__)
+    assert env["lightning"] == version("lightning") and env["hydra-core"] == version("hydra-core")
+    assert env["kernels"] == f"cpu {torch.backends.cpu.get_cpu_capability()}"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: the processor's own name
+        assert f"model name\t: {env['cpu']}" in cpuinfo.read_text()
 
 
 def test_a_piped_run_prints_summary_config_one_line_per_epoch_and_result_without_noise(single):

@@ -64,9 +64,20 @@ def environment_on(device: torch.device) -> dict[str, Any]:
             packages[name] = version(name)
         except PackageNotFoundError:
             packages[name] = None
-    return {"python": platform.python_version(), **packages,
+    return {"python": platform.python_version(), **packages, "cpu": cpu_model(),
             "kernels": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"cpu {torch.backends.cpu.get_cpu_capability()}"}
+
+
+def cpu_model() -> str:
+    """The processor's name (Linux's /proc/cpuinfo, else what the platform says): two machines with one
+    instruction set (AVX512 on an Intel Xeon and on an AMD EPYC) still give other float digits."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
