@@ -193,8 +193,10 @@ def test_every_parameter_gets_what_torchjds_mtl_backward_gives_it(method, grad_m
     got, expected = ours(method, grad_mode, accumulate), torchjds(method, accumulate)
     scale = max(q.grad.abs().max() for q in expected.parameters())
     # weights from the Gramian against weights from the Jacobian: rounding (measured: at most 3.3e-16 of the largest
-    # gradient, 0 on the heads), but Nash-MTL's warm-started solver on the second batch (6e-8)
-    atol = (1e-6 if method == "nash_mtl" and accumulate > 1 else 1e-12) * scale
+    # gradient, 0 on the heads), but Nash-MTL's iterative solver (ECOS, stopping at an optimality gap of 1e-3), whose
+    # path moves with the last bits of its input: 2e-7 on the first batch with cvxpy 1.9.3, 6e-8 warm-started on
+    # the second
+    atol = (1e-6 if method == "nash_mtl" else 1e-12) * scale
     for (name, p), q in zip(got.named_parameters(), expected.parameters()):
         torch.testing.assert_close(p.grad * accumulate, q.grad, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
 
