@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> None:
             log.info("alert: %d of %d rows have a lower bound below %g%s", len(flagged), len(frame), args.alert,
                      ":\n" + printed(flagged, time) if len(flagged) else "")
         if args.plot:
-            title = (f"{', '.join(map(str, args.run_dirs))} on {args.data.name}: "
-                     f"{calibration_words(frame.attrs['calibration'])}")
+            runs = args.run_dirs[0] if len(args.run_dirs) == 1 else f"{len(args.run_dirs)} runs as one model"
+            title = f"{runs} on {args.data.name}:\n{calibration_words(frame.attrs['calibration'])}"
             log.info("fleet figure -> %s", fleet_intervals(frame, title, args.plot, args.alert))
     except GraceError as err:
         log.error("ERROR %s", err)
