@@ -177,7 +177,8 @@ def ladder(runs: pd.DataFrame, honest: pd.DataFrame) -> pd.DataFrame:
     out = []
     for dataset in DATASETS:
         mine = honest[(honest["dataset"] == dataset) & honest["controller"].isin(TRACED) & (honest["source"] == "here")]
-        paper = runs[(runs["protocol"] == "paper") & (runs["dataset"] == dataset) & runs["controller"].isin(TRACED)]
+        paper = runs[(runs["protocol"] == "paper") & (runs["dataset"] == dataset)
+                     & runs["controller"].isin(mine["controller"].unique())]  # the controllers on both rungs
         if mine.empty or paper.empty:
             continue
         out.append({"dataset": dataset, "honest": mine["score"].mean(), "trace_best": mine["trace_best"].mean(),
