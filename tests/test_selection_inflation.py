@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +42,13 @@ def paper_run(run: Path, seed: int, scores: list[float]) -> None:
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
 
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("selection_analysis", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture()
 def analysed(tmp_path):
     root, campaign = tmp_path / "audit", tmp_path / "campaign"
@@ -57,10 +65,7 @@ def analysed(tmp_path):
     for controller, score in CAMPAIGN.items():
         for seed in SEEDS:
             write_run(campaign / f"FD001_{controller}_holdout" / f"s{seed}", seed, score + seed, 0, 1)
-    spec = importlib.util.spec_from_file_location("selection_analysis", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text = module.main(root, campaign, tmp_path / "without_trace")
+    text = load_script().main(root, campaign, tmp_path / "without_trace")
     return text, pd.read_csv(root / "analysis.csv"), root
 
 
@@ -104,3 +109,15 @@ def test_the_ranking_and_the_environment_check(analysed):
 
 def test_the_figure_is_written(analysed):
     assert (analysed[2] / "selection_inflation.png").stat().st_size > 0
+
+
+def test_the_committed_analysis_and_the_readme_table_come_from_the_committed_runs(tmp_path):
+    """analysis.py on a copy of the committed runs rewrites analysis.md byte for byte; the README's table is its
+    own."""
+    root = tmp_path / "selection_inflation"
+    shutil.copytree(SCRIPT.parent, root)
+    module = load_script()
+    text = module.main(root, REPO / "results" / "cpu_campaign", REPO / "results" / "selection_inflation_without_trace")
+    assert text == (SCRIPT.parent / "analysis.md").read_text()
+    table = text.split("## The ladder (means of GRACE and AMNL; the README's table)\n\n")[1].split("\n\n")[0]
+    assert table in (REPO / "README.md").read_text()
