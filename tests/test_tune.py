@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import REPO, cli_env, composed
 
 optuna = pytest.importorskip("optuna")
+from grace_lit.callbacks.cpu_budget import CPUBudget  # noqa: E402
 from grace_lit.callbacks.pruning import OptunaPruning  # noqa: E402  (needs optuna)
 from grace_lit.errors import GraceError  # noqa: E402
 from grace_lit.tune import check, check_settings  # noqa: E402
@@ -176,3 +177,58 @@ def test_pruning_callback_prunes_a_bad_trial() -> None:
     assert reference.state.name == "COMPLETE"
     assert bad.state.name == "PRUNED" and bad.intermediate_values == {0: 5.0, 1: 6.0}  # stopped at epoch 1
     assert good.state.name == "COMPLETE" and good.intermediate_values == {0: 5.0, 1: 3.0, 2: 3.5, 3: 1.5}
+
+
+class Clocked(Scripted):
+    """Scripted, with the CPU seconds the budget reads after each epoch given: ``cpu[k]`` after epoch k."""
+
+    def __init__(self, cpu: list[float]):
+        super().__init__([1.0] * len(cpu))
+        self.clock = cpu
+
+    def cpu_time_s(self) -> float:
+        return self.clock[self.current_epoch]
+
+
+@pytest.mark.parametrize(("cpu", "epochs"), [
+    ([50.0, 100.0, 150.0, 200.0, 250.0, 300.0], 4),  # after epoch 2: 150 + 50 <= 240; after epoch 3: 200 + 50 > 240
+    ([60.0, 120.0, 180.0, 195.0, 200.0, 205.0], 4),  # the mean so far, not the last epoch: 195 + 48.75 > 240
+    ([250.0, 260.0], 1),  # the first epoch alone passed the cap: it stops there
+    ([50.0, 100.0, 150.0], 3),  # within the cap: max_epochs ends it
+])
+def test_cpu_budget_stops_before_the_epoch_that_would_pass_it(cpu: list[float], epochs: int) -> None:
+    """A cap of 4 CPU-minutes (240 s); ``epochs``: the epochs trained."""
+    module = Clocked(cpu)
+    trainer = L.Trainer(max_epochs=len(cpu), accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[CPUBudget(minutes=4)])
+    trainer.fit(module)
+    assert trainer.current_epoch == epochs
+
+
+def test_a_trial_of_variants_trains_each_and_scores_their_mean(tmp_path: Path, data_cache: Path) -> None:
+    """hparams_search=profile: each trial trains GRACE and fixed 0.5/0.5 with the same drawn values. GRACE's GABA
+    warmup is cut to 1 step, in its variant's overrides, so that the two runs differ within the 2 batches; as
+    one of the study's overrides it would not compose with loss=fixed, and the study is refused before it starts."""
+    study_dir, args = tmp_path / "study", ["hparams_search=profile", "hparams_search.n_trials=1"]
+    refused = subprocess.run(tune_command(study_dir, *args, "loss.controller.warmup_steps=1"), cwd=REPO,
+                             env=cli_env(data_cache), capture_output=True, text=True, timeout=300)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Traceback" not in out and not study_dir.exists()
+    assert "Variant fixed (loss=fixed) does not compose" in out and "hparams_search.variants.fixed" in out
+    done = subprocess.run(tune_command(study_dir, *args, "hparams_search.variants.grace=['loss=gaba',"
+                                       "'loss.controller.warmup_steps=1']"),
+                          cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (trial,) = optuna.load_study(study_name="FD001_profile", storage=f"sqlite:///{study_dir}/study.db").get_trials()
+    scores = {v: trial.user_attrs[f"score_{v}"] for v in ("grace", "fixed")}
+    assert scores["grace"] != scores["fixed"] and trial.value == pytest.approx(sum(scores.values()) / 2)
+    for variant, loss in (("grace", "gaba"), ("fixed", "fixed")):
+        run = study_dir / "trial_000" / variant
+        weights = pd.read_csv(run / "controller_log.csv")
+        # the drawn values and the study's seed reached both runs; each scored the test set once, in its folder
+        assert (weights.weight_rul != 0.5).any() if loss == "gaba" else (weights.weight_rul == 0.5).all()
+        result = json.loads((study_dir / variant / "metrics.json").read_text())
+        assert (result["loss"], result["seed"], result["params"]) == (loss, 1001, trial.params)
+        assert result["selection_score"] == scores[variant]
+        columns = pd.read_csv(run / "metrics.csv").columns
+        assert "val/rmse_last" in columns and not any(c.startswith("test/") for c in columns)

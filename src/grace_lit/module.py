@@ -188,9 +188,13 @@ class GraceModule(L.LightningModule):
         self.nonfinite.check()  # before the file is written
         checkpoint["nonfinite_skips"] = self.nonfinite.skips
         checkpoint["wall_time_s"] = self.prior_wall_time_s + time.time() - self._clock_start
-        checkpoint["cpu_time_s"] = self.prior_cpu_time_s + time.process_time() - self._cpu_start
+        checkpoint["cpu_time_s"] = self.cpu_time_s()
         # saved at the epoch end, after the evaluation: what the next epoch's shuffle and dropout draw from
         checkpoint["rng_states"] = _collect_rng_states()
+
+    def cpu_time_s(self) -> float:
+        """This process's CPU seconds since the module was built, plus those of the runs it resumed."""
+        return self.prior_cpu_time_s + time.process_time() - self._cpu_start
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.skips = checkpoint.get("nonfinite_skips", 0)

@@ -18,6 +18,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -79,17 +80,52 @@ def trial_config(cfg: DictConfig, params: dict[str, Any], out_dir: Path) -> Dict
     return trial_cfg
 
 
-def fit_trial(cfg: DictConfig, trial: optuna.Trial, study_dir: Path) -> float:
-    """Train one trial; its value is the selection metric of its best checkpoint. The test set is not scored."""
-    trial_cfg = trial_config(cfg, suggest(trial, cfg.hparams_search.params), study_dir / f"trial_{trial.number:03d}")
-    trial.set_user_attr("run_dir", trial_cfg.paths.output_dir)
-    validate(trial_cfg)
-    L.seed_everything(trial_cfg.seed, workers=True)
-    data, module, trainer = build(trial_cfg)
-    trainer.callbacks.append(OptunaPruning(trial, trial_cfg.monitor))
-    log.info("trial %d: %s -> %s", trial.number, trial.params, shown_path(Path(trial_cfg.paths.output_dir)))
+def variants(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The runs each trial trains: the study's config alone (``{"": cfg}``) or, under ``hparams_search.variants``,
+    one composed config per variant, the study's overrides followed by the variant's (a variant may change a
+    config group, ``loss=fixed``, which only composition can)."""
+    named = cfg.hparams_search.get("variants")
+    if not named:
+        return {"": cfg}
+    task, name = list(HydraConfig.get().overrides.task), HydraConfig.get().job.config_name
+    runs = {}
+    for variant, overrides in named.items():
+        try:
+            runs[variant] = hydra.compose(config_name=name, overrides=[*task, *overrides])
+        except HydraException as err:
+            raise Refused(f"Variant {variant} ({' '.join(overrides)}) does not compose with the study's overrides: "
+                          f"{err}\nFix: move an override that fits one variant only into that variant's list "
+                          f"(hparams_search.variants.{variant}).") from err
+        validate(runs[variant])
+        check(runs[variant])
+    return runs
+
+
+def fit_run(cfg: DictConfig, trial: optuna.Trial | None) -> float:
+    """One training run; its value is the selection metric of its best checkpoint. The test set is not scored.
+    ``trial``: report each epoch to the pruner (a trial of one run only: its runs would report the same epochs)."""
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    data, module, trainer = build(cfg)
+    if trial is not None:
+        trainer.callbacks.append(OptunaPruning(trial, cfg.monitor))
     trainer.fit(module, datamodule=data)
     return float(trainer.checkpoint_callback.best_model_score)
+
+
+def fit_trial(cfg: DictConfig, runs: dict[str, DictConfig], trial: optuna.Trial, study_dir: Path) -> float:
+    """Train the trial's runs (``variants``); its value is the mean of their selection metrics."""
+    params, trial_dir = suggest(trial, cfg.hparams_search.params), study_dir / f"trial_{trial.number:03d}"
+    trial.set_user_attr("run_dir", str(trial_dir))
+    log.info("trial %d: %s -> %s", trial.number, params, shown_path(trial_dir))
+    scores = {}
+    for variant, variant_cfg in runs.items():
+        scores[variant] = fit_run(trial_config(variant_cfg, params, trial_dir / variant),
+                                  trial if len(runs) == 1 else None)
+        if variant:
+            trial.set_user_attr(f"score_{variant}", scores[variant])
+            log.info("trial %d, %s: %s=%.4f", trial.number, variant, cfg.monitor, scores[variant])
+    return sum(scores.values()) / len(scores)
 
 
 def trial_done(study: optuna.Study, trial: optuna.trial.FrozenTrial, monitor: str) -> None:
@@ -149,35 +185,46 @@ def study_state(study: optuna.Study) -> dict[str, Any]:
             "best_params": best and best.params}
 
 
-def score_best(cfg: DictConfig, study: optuna.Study, study_dir: Path) -> None:
-    """The test set, once: the best trial's selected weights (its best.ckpt with the EMA shadow), reloaded."""
-    result = study_dir / "metrics.json"
+def score_best(runs: dict[str, DictConfig], study: optuna.Study, study_dir: Path) -> None:
+    """The test set, once per run of the best trial: its selected weights (each run's best.ckpt with the EMA
+    shadow), reloaded, into ``study_dir`` (under variants, ``study_dir/<variant>``)."""
+    best = study.best_trial
+    for variant, variant_cfg in runs.items():
+        score = best.user_attrs.get(f"score_{variant}", best.value)
+        score_run(variant_cfg, study, best, score, study_dir / variant, Path(best.user_attrs["run_dir"]) / variant)
+
+
+def score_run(cfg: DictConfig, study: optuna.Study, best: optuna.trial.FrozenTrial, score: float, out_dir: Path,
+              run_dir: Path) -> None:
+    result = out_dir / "metrics.json"
     if result.is_file():
         log.info("The test set was scored already (%s); it is not scored again.", shown_path(result))
         return
-    best = study.best_trial
-    ckpt = Path(best.user_attrs["run_dir"]) / "checkpoints" / "best.ckpt"
-    best_cfg = trial_config(cfg, best.params, study_dir)
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    best_cfg = trial_config(cfg, best.params, out_dir)
     L.seed_everything(best_cfg.seed, workers=True)
     data, module, trainer = build(best_cfg)
-    log.info("Scoring trial %d (%s=%.4f) on the test set: %s", best.number, cfg.monitor, best.value,
+    log.info("Scoring trial %d (%s=%.4f) on the test set: %s", best.number, cfg.monitor, score,
              shown_path(ckpt))
-    trainer.test(module, datamodule=data, ckpt_path=str(ckpt), weights_only=False, verbose=False)
+    with warnings.catch_warnings():  # the checkpoint's trainer wrote into the trial's directory, this one the study's
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
+        trainer.test(module, datamodule=data, ckpt_path=str(ckpt), weights_only=False, verbose=False)
     metrics = trainer.callback_metrics
     summary = {"status": "completed", **identity(best_cfg),
                "command": " ".join(["python -m grace_lit.tune", *HydraConfig.get().overrides.task]),
                "study": study.study_name, "trial": best.number, "params": best.params, "checkpoint": str(ckpt),
-               "selection_metric": cfg.monitor, "selection_score": best.value,
+               "selection_metric": cfg.monitor, "selection_score": score,
                **{key: float(metrics[key]) if key in metrics else None for key in TEST_KEYS}}
-    write_scored(study_dir, best_cfg, summary, module, data.splits)  # as a train run's: the same files
-    log.info("[%s | protocol=%s] best trial %d: test rmse_last=%.3f rmse_all=%.3f nasa=%.1f -> %s",
-             cfg.dataset.name, cfg.protocol.name, best.number, summary["test/rmse_last"], summary["test/rmse_all"],
-             summary["test/nasa"], shown_path(result))
+    write_scored(out_dir, best_cfg, summary, module, data.splits)  # as a train run's: the same files
+    log.info("[%s | %s | protocol=%s] best trial %d: test rmse_last=%.3f rmse_all=%.3f nasa=%.1f -> %s",
+             cfg.dataset.name, cfg.loss.name, cfg.protocol.name, best.number, summary["test/rmse_last"],
+             summary["test/rmse_all"], summary["test/nasa"], shown_path(result))
 
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, HydraConfig.get())  # before a study is made: every value but the searched ones
     check(cfg)
+    runs = variants(cfg)
     check_device(cfg)
     study_dir = Path(cfg.study.dir)
     study_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
@@ -187,7 +234,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     check_settings(study, cfg, list(HydraConfig.get().overrides.task))
     n_trials = cfg.hparams_search.n_trials
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
-        study.optimize(lambda trial: fit_trial(cfg, trial, study_dir), gc_after_trial=True,
+        study.optimize(lambda trial: fit_trial(cfg, runs, trial, study_dir), gc_after_trial=True,
                        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
                                   partial(trial_done, monitor=cfg.monitor)])
     optuna.storages.fail_stale_trials(study)  # a trial of a killed process, so it does not count as running
@@ -200,7 +247,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         log.info("%d trials still run in other processes (or in one killed less than study.storage.grace_period "
                  "seconds ago): the test set is scored by a run after they finish.", state["running"])
     elif state["best_trial"] is not None:
-        score_best(cfg, study, study_dir)
+        score_best(runs, study, study_dir)
     return state
 
 
@@ -209,8 +256,6 @@ def main(cfg: DictConfig) -> float | None:
     quiet()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trial_done says how a trial ended, once
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat options
-    # the test run loads a trial's checkpoint into a trainer that writes into the study directory, by design
-    warnings.filterwarnings("ignore", message="The dirpath has changed from")
     try:
         return tune(cfg)["best_value"]
     except Exception as err:
