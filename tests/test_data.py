@@ -1,14 +1,24 @@
-"""C-MAPSS reading and preprocessing against the NASA README's figures and hand computations."""
+"""C-MAPSS reading and preprocessing against the NASA README's figures and hand computations; the operating
+condition as an input (dataset.condition_input) from the data through training, prediction and the ONNX export."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import importlib.util
+import json
+import subprocess
+import sys
 
-from conftest import SENSORS
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+
+from conftest import REPO, SENSORS, cli_env
 from grace_lit.data.cmapss import CMAPSS
 from grace_lit.data.datamodule import RULDataModule
 from grace_lit.data.windows import UnitSeries, WindowSet, health_labels
 from grace_lit.errors import GraceError
+from grace_lit.predict import main as predict_main
+from grace_lit.rundir import load_preprocessing, load_run_config
 
 # (train rows, train units, test rows, test units), from shared/data/README.md
 COUNTS = {"FD001": (20631, 100, 13096, 100), "FD002": (53759, 260, 33991, 259),
@@ -129,3 +139,66 @@ def test_loaders_shuffle_only_training(data_cache):
     assert units[0] == 1 and bool((units[1:] >= units[:-1]).all())  # test windows in unit / time order
     a, b = next(iter(dm.train_dataloader())), next(iter(dm.train_dataloader()))
     assert not np.array_equal(a[1].numpy(), b[1].numpy())
+
+
+# FD002's six operating conditions (altitude in kft, Mach, throttle resolver angle), as the NASA settings round to
+# them at decimals [0, 2, 0], in order of altitude: the one-hot's columns
+FD002_CONDITIONS = np.array([[0, 0, 100], [10, 0.25, 100], [20, 0.7, 100], [25, 0.62, 60], [35, 0.84, 100],
+                             [42, 0.84, 100]])
+
+
+def one_hot_of(table: np.ndarray) -> np.ndarray:
+    rounded = np.stack([np.round(table[:, 2]), np.round(table[:, 3], 2), np.round(table[:, 4])], 1)
+    match = (rounded[:, None, :] == FD002_CONDITIONS[None]).all(2)
+    assert (match.sum(1) == 1).all()  # every row in exactly one of the six
+    return match.astype(np.float32)
+
+
+def test_condition_input_fd002_is_a_one_hot_of_the_rounded_settings(data_cache):
+    """20 inputs: the 14 sensors exactly as without the option, then the row's condition, on the training rows
+    (the windows' series) and on the test table as grace_lit.predict transforms it."""
+    plain = reader(data_cache, "FD002").build(np.arange(1, 261), np.array([], dtype=np.int64), seed=0)
+    r = reader(data_cache, "FD002", condition_input=True, condition_count=6)
+    splits = r.build(r.train_units(), np.array([], dtype=np.int64), seed=0)
+    series = splits.train.series.numpy()  # the training rows in order (no unit is shorter than the window)
+    assert series.shape == (53759, 20) and splits.preprocessing.n_inputs == 20
+    np.testing.assert_array_equal(series[:, :14], plain.train.series.numpy())
+    np.testing.assert_array_equal(series[:, 14:], one_hot_of(r.train_table))
+    test = splits.preprocessing.transform(r.test_table[:, [5 + int(s[1:]) - 1 for s in SENSORS]],
+                                          r.test_table[:, 2:5])
+    np.testing.assert_array_equal(test[:, 14:], one_hot_of(r.test_table))
+
+
+def test_condition_input_is_checked_against_the_fitted_conditions(data_cache):
+    r = reader(data_cache, "FD002", condition_input=True, condition_count=5)
+    with pytest.raises(GraceError) as err:
+        r.build(r.train_units(), np.array([], dtype=np.int64), seed=0)
+    assert str(err.value) == ("dataset.condition_count=5, but the fitted units of FD002 show 6 operating conditions "
+                              "(columns ['setting1', 'setting2', 'setting3']); with dataset.condition_input=true the "
+                              "model's input width is dataset.sensors plus condition_count. Fix: "
+                              "dataset.condition_count=6.")
+    with pytest.raises(GraceError, match="^dataset.condition_input=true appends a one-hot .* no condition map"):
+        reader(data_cache, "FD001", condition_input=True)  # per_condition=false: one global scaler
+
+
+def test_condition_input_trains_and_predicts_end_to_end(data_cache, cmapss_dir, tmp_path):
+    """python -m grace_lit.train dataset=FD002 dataset.condition_input=true, one tiny epoch: the model takes 20
+    inputs, grace_lit.predict on the run directory reproduces its test predictions, the ONNX contract states 20."""
+    command = ["dataset=FD002", "dataset.condition_input=true", "model=small", "trainer.max_epochs=1",
+               "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path}"]
+    run = subprocess.run([sys.executable, "-m", "grace_lit.train", *command], cwd=REPO, env=cli_env(data_cache),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    cfg = load_run_config(tmp_path)
+    assert instantiate(cfg.model).backbone.cnn[0].in_channels == 20
+    prep = load_preprocessing(tmp_path)
+    assert prep.condition_input and len(prep.keys) == 6
+    predict_main([str(tmp_path), str(cmapss_dir / "test_FD002.txt"), "--out", str(tmp_path / "p.csv"),
+                  "--device", "cpu"])
+    mine, theirs = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "predictions.csv")
+    assert len(mine) == 259 and mine["rul_pred"].tolist() == theirs["rul_pred"].tolist()
+    if importlib.util.find_spec("onnx") is not None:  # the optional `export` extra
+        predict_main([str(tmp_path), "--export", "onnx", "--out", str(tmp_path / "export")])
+        contract = json.loads((tmp_path / "export" / "contract.json").read_text())
+        assert contract["input"]["shape"] == ["batch", 30, 20] and contract["preprocessing"]["condition_input"]

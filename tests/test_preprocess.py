@@ -1,6 +1,9 @@
 """Preprocessing's edges, by hand: the condition key at the configured decimals, the row a refused condition is
-named by, the windows' float32, and the bounds of the unit splits (what a user reads when a split is impossible)."""
+named by, the windows' float32, the condition's one-hot as an input, and the bounds of the unit splits (what a
+user reads when a split is impossible)."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -94,3 +97,32 @@ def test_kmeans_on_two_settings_of_different_scales():
     assert prep.groups(inside[None]).tolist() == [0]
     with pytest.raises(GraceError, match="condition_tolerance=1.5"):
         prep.groups(outside[None])
+
+
+def test_condition_input_appends_a_one_hot_of_the_condition():
+    """Features standardised as without the option, then one column per condition: 1 in the row's own."""
+    prep = Preprocessing(**{**vars(rounded(2)), "condition_input": True}).fit(FEATURES, SETTINGS)
+    out = prep.transform(np.array([[4.0], [25.0], [7.0]]), np.array([[0.21], [0.24], [0.24]]))
+    # (4 - 2) / 1 at 0.21; (25 - 15) / 5 and (7 - 15) / 5 at 0.24
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.array([[2.0, 1.0, 0.0], [2.0, 0.0, 1.0], [-1.6, 0.0, 1.0]], np.float32))
+    assert prep.n_inputs == 3 and rounded(2).fit(FEATURES, SETTINGS).n_inputs == 1
+
+
+def test_condition_input_round_trips_and_older_files_load_without_it():
+    prep = Preprocessing(**{**vars(rounded(2)), "condition_input": True}).fit(FEATURES, SETTINGS)
+    again = Preprocessing.from_json(prep.to_json())
+    assert again == prep and again.condition_input is True
+    older = json.loads(rounded(2).fit(FEATURES, SETTINGS).to_json())
+    del older["condition_input"]  # a preprocessing.json written before the option
+    assert Preprocessing.from_json(json.dumps(older)).condition_input is False
+
+
+def test_condition_input_without_conditions_is_refused():
+    with pytest.raises(GraceError) as err:
+        Preprocessing(**{**vars(rounded(2)), "conditions": [], "decimals": [], "condition_input": True})
+    assert str(err.value) == ("dataset.condition_input=true appends a one-hot of each row's operating condition, but "
+                              "this run has no condition map (one global scaler: one condition, a constant input; "
+                              "FD001 and FD003 run at one). Fix: dataset.condition_input=false, or give it "
+                              "conditions: dataset.per_condition=true (C-MAPSS; FD002 and FD004 have 6) or "
+                              "dataset.conditions=[...] (a table).")

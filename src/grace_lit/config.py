@@ -19,7 +19,17 @@ from grace_lit.errors import Refused
 # omegaconf 2.4 deprecates register_new_resolver for register_resolver, whose 2.3 namesake is the legacy API
 _register = (OmegaConf.register_resolver if tuple(map(int, omegaconf.__version__.split(".")[:2])) >= (2, 4)
              else OmegaConf.register_new_resolver)
-_register("len", lambda seq: len(seq), replace=True)
+_register("len", lambda seq: len(seq), replace=True)  # the input width in runs saved before n_inputs (results/)
+
+
+def _n_inputs(dataset: DictConfig) -> int:
+    """The model's input width, known before any data is read: the sensors, plus the one-hot of the operating
+    condition that ``Preprocessing`` appends with ``condition_input`` (N-CMAPSS has no such key: its continuous
+    flight conditions are sensors already)."""
+    return len(dataset.sensors) + (dataset.condition_count if dataset.get("condition_input") else 0)
+
+
+_register("n_inputs", _n_inputs, replace=True)
 # health states: one per RUL-threshold interval, or healthy/degraded from N-CMAPSS's hs flag
 _register("n_states", lambda thresholds, labels="rul": 2 if labels == "hs" else len(thresholds) + 1, replace=True)
 

@@ -39,16 +39,17 @@ def export_onnx(model: nn.Module, prep: Preprocessing, out_dir: Path, calibratio
         raise GraceError("--export onnx needs the onnx package. Fix: pip install 'grace-lit[export]'.") from err
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    example = torch.zeros(1, prep.window, len(prep.features))
+    example = torch.zeros(1, prep.window, prep.n_inputs)
     dynamic = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
     with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is deprecated; it needs no
         warnings.simplefilter("ignore")  # onnxscript, which the dynamo exporter would
         torch.onnx.export(model, (example,), out_dir / "model.onnx", input_names=[INPUT], output_names=list(OUTPUTS),
                           dynamic_axes=dynamic, dynamo=False)
     contract = {
-        "input": {"name": INPUT, "shape": ["batch", prep.window, len(prep.features)], "dtype": "float32",
+        "input": {"name": INPUT, "shape": ["batch", prep.window, prep.n_inputs], "dtype": "float32",
                   "what": "windows of the last `window` rows of a unit (oldest first), each feature standardised "
-                          "as (value - mean[condition]) / std[condition]; units shorter than the window are "
+                          "as (value - mean[condition]) / std[condition], then, with `condition_input`, a one-hot "
+                          "of the row's condition (its index in `keys`); units shorter than the window are "
                           "front-padded by `pad_mode`"},
         "outputs": {"rul": "remaining useful life at the window's last row (time units of the training table)",
                     "health_logits": "one logit per health state; softmax gives the probabilities; state k = "

@@ -101,16 +101,21 @@ def variants(cfg: DictConfig) -> dict[str, DictConfig]:
     return runs
 
 
-def fit_run(cfg: DictConfig, trial: optuna.Trial | None) -> float:
+def fit_run(cfg: DictConfig, trial: optuna.Trial, variant: str) -> float:
     """One training run; its value is the selection metric of its best checkpoint. The test set is not scored.
-    ``trial``: report each epoch to the pruner (a trial of one run only: its runs would report the same epochs)."""
+    A trial of one run (``variant`` empty) reports each epoch to the pruner; runs of variants would report the
+    same epochs. Each run's CPU seconds and epochs go into the trial's attributes."""
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data, module, trainer = build(cfg)
-    if trial is not None:
+    if not variant:
         trainer.callbacks.append(OptunaPruning(trial, cfg.monitor))
     trainer.fit(module, datamodule=data)
-    return float(trainer.checkpoint_callback.best_model_score)
+    score = float(trainer.checkpoint_callback.best_model_score)
+    suffix = f"_{variant}" if variant else ""
+    for key, value in {"score": score, "cpu_s": round(module.cpu_time_s(), 1), "epochs": trainer.current_epoch}.items():
+        trial.set_user_attr(key + suffix, value)
+    return score
 
 
 def fit_trial(cfg: DictConfig, runs: dict[str, DictConfig], trial: optuna.Trial, study_dir: Path) -> float:
@@ -118,14 +123,12 @@ def fit_trial(cfg: DictConfig, runs: dict[str, DictConfig], trial: optuna.Trial,
     params, trial_dir = suggest(trial, cfg.hparams_search.params), study_dir / f"trial_{trial.number:03d}"
     trial.set_user_attr("run_dir", str(trial_dir))
     log.info("trial %d: %s -> %s", trial.number, params, shown_path(trial_dir))
-    scores = {}
+    scores = []
     for variant, variant_cfg in runs.items():
-        scores[variant] = fit_run(trial_config(variant_cfg, params, trial_dir / variant),
-                                  trial if len(runs) == 1 else None)
+        scores.append(fit_run(trial_config(variant_cfg, params, trial_dir / variant), trial, variant))
         if variant:
-            trial.set_user_attr(f"score_{variant}", scores[variant])
-            log.info("trial %d, %s: %s=%.4f", trial.number, variant, cfg.monitor, scores[variant])
-    return sum(scores.values()) / len(scores)
+            log.info("trial %d, %s: %s=%.4f", trial.number, variant, cfg.monitor, scores[-1])
+    return sum(scores) / len(scores)
 
 
 def trial_done(study: optuna.Study, trial: optuna.trial.FrozenTrial, monitor: str) -> None:
@@ -190,7 +193,7 @@ def score_best(runs: dict[str, DictConfig], study: optuna.Study, study_dir: Path
     shadow), reloaded, into ``study_dir`` (under variants, ``study_dir/<variant>``)."""
     best = study.best_trial
     for variant, variant_cfg in runs.items():
-        score = best.user_attrs.get(f"score_{variant}", best.value)
+        score = best.user_attrs[f"score_{variant}"] if variant else best.value
         score_run(variant_cfg, study, best, score, study_dir / variant, Path(best.user_attrs["run_dir"]) / variant)
 
 

@@ -67,13 +67,15 @@ def read_subset(directory: Path, subset: str) -> tuple[np.ndarray, np.ndarray, n
 
 class CMAPSS(RunToFailure):
     """One C-MAPSS subset. ``per_condition`` standardises per operating condition (the three settings rounded
-    to ``condition_decimals``), else globally."""
+    to ``condition_decimals``), else globally; ``condition_input`` (needs ``per_condition``) adds a one-hot of the
+    condition, ``condition_count`` wide, to every row's inputs."""
 
     SENSORS = SENSORS  # the names dataset.sensors may use (config validation reads them before any data)
 
     def __init__(self, name: str, data_dir: str | None, cache_dir: str, sensors: list[str], max_rul: float,
                  window: int, stride: int, eval_stride: int, per_condition: bool, condition_decimals: list[int],
-                 health_thresholds: list[float], pad_mode: str, select_metric: str, cap_test_rul: bool):
+                 health_thresholds: list[float], pad_mode: str, select_metric: str, cap_test_rul: bool,
+                 condition_input: bool = False, condition_count: int = 0):
         if name not in SUBSETS:
             raise GraceError(f"dataset.name={name!r} is not one of {SUBSETS}.")
         unknown = sorted(set(sensors) - set(SENSORS))
@@ -90,4 +92,5 @@ class CMAPSS(RunToFailure):
             condition_decimals=condition_decimals if per_condition else [],
             condition_clusters=0, condition_seed=0, condition_tolerance=0.0, max_rul=max_rul, window=window,
             stride=stride, eval_stride=eval_stride, health_thresholds=health_thresholds, pad_mode=pad_mode,
-            cap_test_rul=cap_test_rul, select_metric=select_metric, settings=SETTINGS)
+            cap_test_rul=cap_test_rul, select_metric=select_metric, settings=SETTINGS,
+            condition_input=condition_input, condition_count=condition_count)

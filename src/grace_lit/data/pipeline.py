@@ -89,15 +89,18 @@ class RunToFailure:
                  features: list[str], conditions: list[str], condition_mode: str, condition_decimals: list[int],
                  condition_clusters: int, condition_seed: int, condition_tolerance: float, max_rul: float,
                  window: int, stride: int, eval_stride: int, health_thresholds: list[float], pad_mode: str,
-                 cap_test_rul: bool, select_metric: str, settings: list[str] | None = None):
+                 cap_test_rul: bool, select_metric: str, settings: list[str] | None = None,
+                 condition_input: bool = False, condition_count: int = 0):
         """``settings``: the columns of the runs' ``conditions`` (default: ``conditions``); per-condition
-        standardisation uses them when ``conditions`` names them, and their training range is kept either way."""
+        standardisation uses them when ``conditions`` names them, and their training range is kept either way.
+        ``condition_input``: a one-hot of the condition follows the features; ``condition_count`` is its width as
+        the config states it (the model is sized from the config, before any fitting), checked against the fit."""
         missing = sorted(set(test.unit.tolist()) - set(test_rul))
         if missing:
             raise GraceError(f"{test.path}: test unit {test.name(missing[0])} has no remaining life after its last "
                              f"row. Fix: give every test unit a row in dataset.test_rul.")
         self.name, self.train, self.test, self.test_rul = name, train, test, test_rul
-        self.stride, self.select_metric = stride, select_metric
+        self.stride, self.select_metric, self.condition_count = stride, select_metric, condition_count
         if conditions and condition_mode == "round" and not condition_decimals:
             condition_decimals = self._default_decimals(list(conditions))
         self.spec = dict(unit=unit, time=time, features=list(features), conditions=list(conditions),
@@ -105,7 +108,8 @@ class RunToFailure:
                          clusters=condition_clusters, seed=condition_seed, tolerance=condition_tolerance,
                          window=window, eval_stride=eval_stride, pad_mode=pad_mode, max_rul=max_rul,
                          cap_test_rul=cap_test_rul, health_thresholds=list(health_thresholds),
-                         settings=list(settings if settings is not None else conditions))
+                         settings=list(settings if settings is not None else conditions),
+                         condition_input=condition_input)
         Preprocessing(**self.spec)  # checks the condition settings before any fitting
 
     def _default_decimals(self, conditions: list[str]) -> list[int]:
@@ -152,6 +156,11 @@ class RunToFailure:
         fit = self.train.take(np.isin(self.train.unit, fit_units))
         self._check_lengths(fit, self.spec["window"])
         prep = Preprocessing(**self.spec).fit(fit.features, fit.conditions)
+        if prep.condition_input and len(prep.keys) != self.condition_count:
+            raise GraceError(f"dataset.condition_count={self.condition_count}, but the fitted units of {self.name} "
+                             f"show {len(prep.keys)} operating conditions (columns {prep.conditions}); with "
+                             f"dataset.condition_input=true the model's input width is dataset.sensors plus "
+                             f"condition_count. Fix: dataset.condition_count={len(prep.keys)}.")
         windows = dict(window=prep.window, pad_mode=prep.pad_mode, health_thresholds=prep.health_thresholds)
         train = WindowSet(series(fit, prep, test=False), stride=self.stride, **windows)
         val = calibration = None

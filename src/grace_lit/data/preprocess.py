@@ -1,8 +1,8 @@
 """Dataset-independent preprocessing: operating conditions, standardisation, unit splits, cuts.
 
 ``Preprocessing`` is the fitted state a run needs to be applied to new data (feature and condition columns,
-the condition map, the scaler per condition, window and caps, the operating settings' training range); it
-round-trips through readable JSON exactly.
+the condition map, the scaler per condition, window and caps, the operating settings' training range, whether the
+condition is an input); it round-trips through readable JSON exactly.
 """
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ class Preprocessing:
     Conditions: none (``conditions`` empty: one global scaler); ``round``: the settings rounded to ``decimals``
     are the condition key, as on C-MAPSS; ``kmeans``: settings divided by their training std, clustered (the
     centres are saved), a row belongs to the nearest centre and is refused beyond ``tolerance`` times the
-    largest training distance of that cluster.
+    largest training distance of that cluster. ``condition_input``: each row's standardised features are followed
+    by a one-hot of its condition (its index in ``keys``), so the model sees which regime it is in; here, not in
+    a reader, so that grace_lit.predict and the ONNX contract make the same columns from new data.
     """
 
     unit: str
@@ -64,10 +66,17 @@ class Preprocessing:
     # grace_lit.predict refuses data from operating conditions the model never saw whatever the standardisation
     settings: list[str] = field(default_factory=list)
     setting_range: list[list[float]] = field(default_factory=list)
+    condition_input: bool = False  # False in a run from before the option: its preprocessing.json lacks the key
 
     def __post_init__(self) -> None:
         if not self.settings:  # a table's settings are its conditions (and a run from before settings were kept)
             self.settings = list(self.conditions)
+        if self.condition_input and not self.conditions:
+            raise GraceError("dataset.condition_input=true appends a one-hot of each row's operating condition, but "
+                             "this run has no condition map (one global scaler: one condition, a constant input; "
+                             "FD001 and FD003 run at one). Fix: dataset.condition_input=false, or give it conditions: "
+                             "dataset.per_condition=true (C-MAPSS; FD002 and FD004 have 6) or "
+                             "dataset.conditions=[...] (a table).")
         if self.conditions and self.condition_mode not in CONDITION_MODES:
             raise GraceError(f"dataset.condition_mode={self.condition_mode!r} is not one of {CONDITION_MODES}.")
         if self.conditions and self.condition_mode == "round" and len(self.decimals) != len(self.conditions):
@@ -138,10 +147,19 @@ class Preprocessing:
         self.std = np.where(std > 0, std, 1.0).tolist()  # a feature constant within a condition carries no signal
         return self
 
+    @property
+    def n_inputs(self) -> int:
+        """Columns of ``transform``'s output: the model's input width."""
+        return len(self.features) + (len(self.keys) if self.condition_input else 0)
+
     def transform(self, features: np.ndarray, settings: np.ndarray, path: str = "",
                   rows: np.ndarray | None = None) -> np.ndarray:
+        """Features standardised per condition; with ``condition_input``, then a one-hot of the condition."""
         groups = self.groups(settings, path, rows)
-        return ((features - np.asarray(self.mean)[groups]) / np.asarray(self.std)[groups]).astype(np.float32)
+        scaled = (features - np.asarray(self.mean)[groups]) / np.asarray(self.std)[groups]
+        if self.condition_input:
+            scaled = np.concatenate([scaled, np.eye(len(self.keys))[groups]], axis=1)
+        return scaled.astype(np.float32)
 
     def rul(self, remaining: np.ndarray, test: bool) -> np.ndarray:
         """Targets: capped at ``max_rul`` (evaluation targets only when ``cap_test_rul``)."""

@@ -131,14 +131,14 @@ class Table(RunToFailure):
     """A run-to-failure table (``train``) and optionally a test table of units cut before failure (``test``
     with ``test_rul``); without one, a seeded ``test_fraction`` of whole units becomes the test set, cut as the
     NASA test units are. ``sensors`` repeats ``features`` for conf/model, which sizes the input from
-    dataset.sensors on every dataset."""
+    dataset.sensors on every dataset (plus ``condition_count`` with ``condition_input``)."""
 
     def __init__(self, name: str, train: str, test: str | None, test_rul: str | None, unit: str, time: str,
                  features: list[str], conditions: list[str], condition_mode: str, condition_decimals: list[int],
                  condition_clusters: int, condition_seed: int, condition_tolerance: float, test_fraction: float,
                  test_seed: int, max_rul: float, window: int, stride: int, eval_stride: int,
                  health_thresholds: list[float], pad_mode: str, cap_test_rul: bool, select_metric: str,
-                 sensors: list[str]):
+                 sensors: list[str], condition_input: bool = False, condition_count: int = 0):
         for key, value in (("features", features), ("conditions", conditions)):
             if isinstance(value, str):  # list() would read it letter by letter
                 raise GraceError(f"dataset.{key}={value!r} is one string, not a list of column names. Fix: "
@@ -166,4 +166,5 @@ class Table(RunToFailure):
                          condition_seed=condition_seed, condition_tolerance=condition_tolerance, max_rul=max_rul,
                          window=window, stride=stride, eval_stride=eval_stride,
                          health_thresholds=health_thresholds, pad_mode=pad_mode, cap_test_rul=cap_test_rul,
-                         select_metric=select_metric)
+                         select_metric=select_metric, condition_input=condition_input,
+                         condition_count=condition_count)
