@@ -129,7 +129,7 @@ def test_committed_results_regenerate_byte_for_byte_from_another_checkout(tmp_pa
     folders = {p.relative_to(clone).as_posix() for p in (clone / "results").iterdir() if p.is_dir()}
     assert set(sweeps) == folders - RERUNS - NOT_RUNS
     made = subprocess.run([sys.executable, "-m", "grace_lit.report", *args], cwd=clone, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
     for name in ("report.md", "report.csv", "runs.csv", "paired.csv"):
         assert (clone / "results" / name).read_bytes() == (REPO / "results" / name).read_bytes(), name
