@@ -33,7 +33,7 @@ from grace_lit.callbacks.pruning import OptunaPruning
 from grace_lit.config import check_device, validate
 from grace_lit.console import quiet, shown_path
 from grace_lit.errors import Refused
-from grace_lit.io import atomic_write_json
+from grace_lit.io import atomic_write_json, atomic_write_text
 from grace_lit.results import TEST_KEYS, identity, write_scored
 from grace_lit.train import build, discard_run_dir, refused, user_error
 
@@ -131,8 +131,11 @@ def fit_trial(cfg: DictConfig, runs: dict[str, DictConfig], trial: optuna.Trial,
     return sum(scores) / len(scores)
 
 
-def trial_done(study: optuna.Study, trial: optuna.trial.FrozenTrial, monitor: str) -> None:
-    """One line when a trial ends (Optuna's own logger is quieted: it would repeat the trial's parameters)."""
+def trial_done(study: optuna.Study, trial: optuna.trial.FrozenTrial, monitor: str, study_dir: Path) -> None:
+    """One line when a trial ends (Optuna's own logger is quieted: it would repeat the trial's parameters), and
+    ``trials.csv``: every trial so far, a row each (parameters, state, score, the runs' attributes), readable
+    without Optuna."""
+    atomic_write_text(study_dir / "trials.csv", study.trials_dataframe().to_csv(index=False))
     if trial.state == TrialState.COMPLETE:
         best = study.best_trial
         log.info("trial %d done: %s=%.4f (best so far: trial %d, %.4f)", trial.number, monitor, trial.value,
@@ -239,7 +242,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
         study.optimize(lambda trial: fit_trial(cfg, runs, trial, study_dir), gc_after_trial=True,
                        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
-                                  partial(trial_done, monitor=cfg.monitor)])
+                                  partial(trial_done, monitor=cfg.monitor, study_dir=study_dir)])
     optuna.storages.fail_stale_trials(study)  # a trial of a killed process, so it does not count as running
     state = study_state(study)
     atomic_write_json(Path(cfg.paths.output_dir) / "tuning.json", state)
