@@ -24,7 +24,7 @@ optuna = pytest.importorskip("optuna")
 from grace_lit.callbacks.cpu_budget import CPUBudget  # noqa: E402
 from grace_lit.callbacks.pruning import OptunaPruning  # noqa: E402  (needs optuna)
 from grace_lit.errors import GraceError  # noqa: E402
-from grace_lit.tune import check, check_settings  # noqa: E402
+from grace_lit.tune import check, check_settings, trial_config  # noqa: E402
 
 ARGS = ["dataset=FD001", "model=small", "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "hparams_search.n_trials=2",
@@ -113,6 +113,16 @@ def test_search_space_names_config_keys() -> None:
         cfg.hparams_search.params["optimizer.lr"].type = "loguniform"
     with pytest.raises(GraceError, match=r"optimizer.lrr: not a key(.|\n)*optimizer.lr: type='loguniform'"):
         check(cfg)
+
+
+@pytest.mark.parametrize(("space", "dataset"), [("gaba", "FD002"), ("profile", "FD001"), ("profile", "FD003"),
+                                              ("profile_conditions", "FD002"), ("profile_conditions", "FD004")])
+def test_every_search_space_names_keys_of_the_subsets_it_is_for(space: str, dataset: str, tmp_path: Path) -> None:
+    cfg = composed([f"hparams_search={space}", f"dataset={dataset}"], config_name="tune")
+    check(cfg)
+    if "dataset.condition_input" in cfg.hparams_search.params:  # a drawn value reaches the model's input width
+        wide = trial_config(cfg, {"dataset.condition_input": True}, tmp_path)
+        assert (wide.model.backbone.input_size, cfg.model.backbone.input_size) == (14 + 6, 14)
 
 
 def test_a_study_resumes_only_with_its_own_settings() -> None:
