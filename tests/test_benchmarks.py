@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -81,3 +82,33 @@ def test_every_benchmark_script_is_smoke_tested_here_or_beside_its_owner():
             "plain_reference.py", "cpu_epoch.py"}
     elsewhere = {"gpu_window.py", "gpu_throughput.py", "campaign.py"}  # tests/test_campaign.py, the GPU tests
     assert {p.name for p in (REPO / "benchmarks").glob("*.py")} <= here | elsewhere
+
+
+def test_the_plain_curve_table_sets_framework_runs_beside_the_first_budget_not_below_their_cpu_time(tmp_path, capsys):
+    """Fabricated files: plain runs of seeds 1 and 2 at budgets 1 and 2 CPU-minutes; framework cells at 1.5 and
+    3 CPU-minutes (the second beyond every budget), seed 3 of the first known to the framework only."""
+    sys.path.insert(0, str(REPO / "results" / "plain_curve"))
+    import table
+
+    for seed, (at1, at2) in {1: (16.0, 15.0), 2: (18.0, 13.0)}.items():
+        curve = [{"budget_min": b, "epochs": 2 * b, "best_epoch": b, "last_epoch": 2 * b, "test_rmse_best": r,
+                  "test_rmse_last": r + 1.0, "val_rmse_last": 1.0} for b, r in ((1, at1), (2, at2))]
+        (tmp_path / f"FD001_s{seed}.json").write_text(json.dumps({"dataset": "FD001", "seed": seed, "curve": curve}))
+    runs = tmp_path / "runs"
+    for cell, seed, cpu_s, rmse in [("FD001_grace_holdout", 1, 80.0, 12.0), ("FD001_grace_holdout", 2, 100.0, 13.0),
+                                    ("FD001_grace_holdout", 3, 999.0, 99.0), ("FD001_slow_holdout", 1, 180.0, 11.0)]:
+        (runs / cell / f"s{seed}").mkdir(parents=True)
+        (runs / cell / f"s{seed}" / "metrics.json").write_text(json.dumps({
+            "status": "completed", "protocol": "holdout", "dataset": "FD001", "seed": seed, "cpu_time_s": cpu_s,
+            "test/rmse_last": rmse}))
+    rows = table.matched(table.curve(tmp_path), table.framework([runs])).set_index("cell")
+    grace, slow = rows.loc["FD001_grace_holdout"], rows.loc["FD001_slow_holdout"]
+    # seeds 1 and 2: 1.5 CPU-minutes, so the 2-minute budget, where the plain loop scores (15 + 13) / 2
+    assert (grace.seeds, grace.cpu_min, grace.test_rmse, grace.plain_budget_min) == (2, 1.5, 12.5, 2)
+    assert grace.plain_rmse == 14.0 and grace.ratio == pytest.approx(12.5 / 14.0)
+    assert pd.isna(slow.plain_rmse) and pd.isna(slow.ratio)  # 3 CPU-minutes: no budget that large
+    table.main([str(tmp_path), "--against", str(runs), "--plot", str(tmp_path / "curve.png")])
+    printed = capsys.readouterr().out
+    assert "| FD001 | FD001_grace_holdout | 2 | 1.50 | 12.50 | 2 CPU-min | 14.00 | 0.89 |" in printed
+    assert "| FD001 | FD001_slow_holdout | 1 | 3.00 | 11.00 | — | — | — |" in printed
+    assert (tmp_path / "curve.png").stat().st_size > 0

@@ -2,12 +2,18 @@
 files alone: per subset and budget, the test RMSE (last window, truth capped at 125) of the best held-out epoch
 finished within the budget and of the last one, mean ± sample sd over the seeds, with the epochs run.
 
-    .venv/bin/python results/plain_curve/table.py [results/plain_curve]
+``--against FOLDER...``: framework runs (``<cell>/s<seed>/metrics.json``, protocol=holdout) set beside the curve,
+per subset and cell: their mean test RMSE and CPU time, and the plain loop at the first budget not below that CPU
+time (the plain loop gets at least as much CPU), over the seeds both have; ``--plot``: the curve and those runs as
+one figure.
+
+    .venv/bin/python results/plain_curve/table.py [results/plain_curve] [--against results/selection_inflation]
+        [--plot results/plain_curve/curve.png]
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +25,18 @@ def curve(root: Path) -> pd.DataFrame:
     for path in sorted(root.glob("FD00*_s*.json")):
         run = json.loads(path.read_text())
         rows += [{"subset": run["dataset"], "seed": run["seed"], **point} for point in run["curve"]]
+    return pd.DataFrame(rows)
+
+
+def framework(folders: list[Path]) -> pd.DataFrame:
+    """One row per completed holdout run: subset, cell (its folder), seed, CPU minutes, test RMSE."""
+    rows = []
+    for folder in folders:
+        for path in sorted(folder.glob("*/s*/metrics.json")):
+            run = json.loads(path.read_text())
+            if run.get("status") == "completed" and run["protocol"] == "holdout":
+                rows.append({"subset": run["dataset"], "cell": path.parent.parent.name, "seed": run["seed"],
+                             "cpu_min": run["cpu_time_s"] / 60.0, "test_rmse": run["test/rmse_last"]})
     return pd.DataFrame(rows)
 
 
@@ -39,10 +57,81 @@ def table(points: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    root = Path(argv[0]) if argv else Path(__file__).resolve().parent
-    print(table(curve(root)))
+def matched(points: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per subset and cell, on the seeds both have: the runs' mean CPU minutes and test RMSE, the plain loop's at
+    the first budget not below that CPU time, and their ratio (None where every budget lies below it)."""
+    rows = []
+    for (subset, cell), group in runs.groupby(["subset", "cell"]):
+        plain = points[points.subset == subset]
+        seeds = sorted(set(group.seed) & set(plain.seed))
+        if not seeds:
+            continue
+        mine = group[group.seed.isin(seeds)]
+        cpu = mine.cpu_min.mean()
+        budgets = sorted(b for b in plain.budget_min.unique() if b >= cpu)
+        at = plain[(plain.budget_min == budgets[0]) & plain.seed.isin(seeds)] if budgets else None
+        plain_rmse = at.test_rmse_best.mean() if at is not None else None
+        rows.append({"subset": subset, "cell": cell, "seeds": len(seeds), "cpu_min": cpu,
+                     "test_rmse": mine.test_rmse.mean(), "plain_budget_min": budgets[0] if budgets else None,
+                     "plain_rmse": plain_rmse, "ratio": mine.test_rmse.mean() / plain_rmse if plain_rmse else None})
+    return pd.DataFrame(rows)
+
+
+def matched_table(rows: pd.DataFrame) -> str:
+    lines = ["| subset | runs | seeds | CPU-min | test RMSE | plain loop at | plain test RMSE | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows.itertuples():
+        plain = ("—", "—", "—") if pd.isna(row.plain_rmse) else (
+            f"{row.plain_budget_min:g} CPU-min", f"{row.plain_rmse:.2f}", f"{row.ratio:.2f}")
+        lines.append(f"| {row.subset} | {row.cell} | {row.seeds} | {row.cpu_min:.2f} | {row.test_rmse:.2f} | "
+                     f"{' | '.join(plain)} |")
+    return "\n".join(lines)
+
+
+def plot(points: pd.DataFrame, runs: pd.DataFrame, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subsets, budgets = sorted(points.subset.unique()), sorted(points.budget_min.unique())
+    cells = sorted({cell.removeprefix(f"{subset}_") for subset, cell in zip(runs.get("subset", []),
+                                                                           runs.get("cell", []))})
+    fig, axes = plt.subplots(1, len(subsets), figsize=(3.2 * len(subsets), 3.0), squeeze=False)
+    for ax, subset in zip(axes[0], subsets):
+        mean = points[points.subset == subset].groupby("budget_min").test_rmse_best.agg(["mean", "std"])
+        ax.errorbar(mean.index, mean["mean"], yerr=mean["std"], marker="o", capsize=3, color="k", label="plain loop")
+        for i, cell in enumerate(cells):
+            group = runs[(runs.subset == subset) & (runs.cell == f"{subset}_{cell}")]
+            if len(group):
+                ax.errorbar(group.cpu_min.mean(), group.test_rmse.mean(), xerr=group.cpu_min.std(),
+                            yerr=group.test_rmse.std(), marker="s", capsize=3, linestyle="none", color=f"C{i}",
+                            label=cell)
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.minorticks_off()
+        ax.set_title(subset)
+        ax.set_xlabel("CPU-minutes (one thread)")
+    axes[0][0].set_ylabel("test RMSE, last window (capped)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", nargs="?", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--against", nargs="+", type=Path, default=[], help="folders of framework runs")
+    parser.add_argument("--plot", type=Path, help="write the figure here")
+    args = parser.parse_args(argv)
+    points = curve(args.root)
+    print(table(points))
+    runs = framework(args.against)
+    if not runs.empty:
+        print()
+        print(matched_table(matched(points, runs)))
+    if args.plot:
+        plot(points, runs, args.plot)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
