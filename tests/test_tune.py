@@ -233,6 +233,10 @@ def test_a_trial_of_variants_trains_each_and_scores_their_mean(tmp_path: Path, d
     scores = {v: trial.user_attrs[f"score_{v}"] for v in ("grace", "fixed")}
     assert scores["grace"] != scores["fixed"] and trial.value == pytest.approx(sum(scores.values()) / 2)
     assert all(trial.user_attrs[f"epochs_{v}"] == 2 and trial.user_attrs[f"cpu_s_{v}"] > 0 for v in scores)
+    # each run reported its epochs to the pruner from its own first step (run k: k * max_epochs), its score the best
+    steps = trial.intermediate_values
+    assert sorted(steps) == [0, 1, 2, 3]
+    assert (min(steps[0], steps[1]), min(steps[2], steps[3])) == (scores["grace"], scores["fixed"])
     (row,) = pd.read_csv(study_dir / "trials.csv").to_dict("records")  # the study's record, without Optuna
     assert (row["value"], row["user_attrs_score_grace"], row["params_data.batch_size"]) == (
         trial.value, scores["grace"], trial.params["data.batch_size"])

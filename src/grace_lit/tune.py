@@ -101,15 +101,14 @@ def variants(cfg: DictConfig) -> dict[str, DictConfig]:
     return runs
 
 
-def fit_run(cfg: DictConfig, trial: optuna.Trial, variant: str) -> float:
+def fit_run(cfg: DictConfig, trial: optuna.Trial, variant: str, first_step: int) -> float:
     """One training run; its value is the selection metric of its best checkpoint. The test set is not scored.
-    A trial of one run (``variant`` empty) reports each epoch to the pruner; runs of variants would report the
-    same epochs. Each run's CPU seconds and epochs go into the trial's attributes."""
+    Each epoch is reported to the pruner as step ``first_step + epoch``; the run's CPU seconds and epochs go into
+    the trial's attributes."""
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data, module, trainer = build(cfg)
-    if not variant:
-        trainer.callbacks.append(OptunaPruning(trial, cfg.monitor))
+    trainer.callbacks.append(OptunaPruning(trial, cfg.monitor, first_step))
     trainer.fit(module, datamodule=data)
     score = float(trainer.checkpoint_callback.best_model_score)
     suffix = f"_{variant}" if variant else ""
@@ -119,13 +118,16 @@ def fit_run(cfg: DictConfig, trial: optuna.Trial, variant: str) -> float:
 
 
 def fit_trial(cfg: DictConfig, runs: dict[str, DictConfig], trial: optuna.Trial, study_dir: Path) -> float:
-    """Train the trial's runs (``variants``); its value is the mean of their selection metrics."""
+    """Train the trial's runs (``variants``); its value is the mean of their selection metrics. Run k reports its
+    epochs from step k * max_epochs on: the pruner compares GRACE with GRACE and fixed with fixed, each at its
+    own epoch, and may stop a trial in any of its runs."""
     params, trial_dir = suggest(trial, cfg.hparams_search.params), study_dir / f"trial_{trial.number:03d}"
     trial.set_user_attr("run_dir", str(trial_dir))
     log.info("trial %d: %s -> %s", trial.number, params, shown_path(trial_dir))
     scores = []
-    for variant, variant_cfg in runs.items():
-        scores.append(fit_run(trial_config(variant_cfg, params, trial_dir / variant), trial, variant))
+    for k, (variant, variant_cfg) in enumerate(runs.items()):
+        run_cfg = trial_config(variant_cfg, params, trial_dir / variant)
+        scores.append(fit_run(run_cfg, trial, variant, k * run_cfg.trainer.max_epochs))
         if variant:
             log.info("trial %d, %s: %s=%.4f", trial.number, variant, cfg.monitor, scores[-1])
     return sum(scores) / len(scores)

@@ -12,8 +12,11 @@ from grace_lit.errors import GraceError
 
 
 class OptunaPruning(L.Callback):
-    def __init__(self, trial: optuna.Trial, monitor: str):
-        self.trial, self.monitor = trial, monitor
+    """``first_step``: the step of epoch 0. A trial of several runs (tune's variants) gives each run steps of its
+    own, so that the pruner compares each run with the same run of earlier trials."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str, first_step: int = 0):
+        self.trial, self.monitor, self.first_step = trial, monitor, first_step
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
@@ -23,7 +26,7 @@ class OptunaPruning(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
+        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=self.first_step + trainer.current_epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.monitor} at epoch {trainer.current_epoch} is worse than the "
                                      f"pruner's threshold")
