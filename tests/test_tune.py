@@ -24,7 +24,8 @@ optuna = pytest.importorskip("optuna")
 from grace_lit.callbacks.cpu_budget import CPUBudget  # noqa: E402
 from grace_lit.callbacks.pruning import OptunaPruning  # noqa: E402  (needs optuna)
 from grace_lit.errors import GraceError  # noqa: E402
-from grace_lit.tune import check, check_settings, trial_config  # noqa: E402
+from grace_lit.tune import check, check_settings, enqueue_incumbent, trial_config  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 ARGS = ["dataset=FD001", "model=small", "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "hparams_search.n_trials=2",
@@ -250,3 +251,19 @@ def test_a_trial_of_variants_trains_each_and_scores_their_mean(tmp_path: Path, d
         assert result["selection_score"] == scores[variant]
         columns = pd.read_csv(run / "metrics.csv").columns
         assert "val/rmse_last" in columns and not any(c.startswith("test/") for c in columns)
+
+
+def test_the_composed_values_are_the_first_trial_once_and_only_inside_the_space(caplog) -> None:
+    """study.incumbent: the budget= profile's own values of the searched keys, queued once per study."""
+    study = optuna.create_study()
+    cfg = composed(["hparams_search=profile", "budget=cpu", "dataset=FD001"], config_name="tune")
+    enqueue_incumbent(study, cfg)
+    enqueue_incumbent(study, cfg)  # a resumed study: not again
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.params == {} and queued.system_attrs["fixed_params"] == {
+        "optimizer.lr": 2.0e-3, "optimizer.weight_decay": 1.0e-4, "data.batch_size": 256,
+        "model.backbone.dropout": 0.1, "model.backbone.hidden_size": 32, "dataset.window": 30,
+        "callbacks.early_stopping.patience": 5, "callbacks.plateau.patience": 2, "callbacks.ema.decay": 0.999}
+    other = optuna.create_study()
+    enqueue_incumbent(other, composed(["budget=cpu_fd002", "dataset=FD002"], config_name="tune"))
+    assert not other.get_trials() and "data.batch_size=512" in caplog.text  # gaba.yaml's choices: 64, 128, 256

@@ -185,6 +185,28 @@ def check_settings(study: optuna.Study, cfg: DictConfig, overrides: list[str] | 
                       f"hparams_search.n_trials may change. Or start another study with study.name=<new name>.")
 
 
+def within(value: Any, spec: DictConfig) -> bool:
+    if spec.type == "categorical":
+        return value in spec.choices
+    return spec.low <= value <= spec.high
+
+
+def enqueue_incumbent(study: optuna.Study, cfg: DictConfig) -> None:
+    """The composed config's own values of the searched keys, as the next trial, once per study: the profile a
+    search starts from, scored like any other trial, so that the study shows what the search gained over it."""
+    if "incumbent" in study.user_attrs:
+        return
+    params = {key: OmegaConf.select(cfg, key) for key in cfg.hparams_search.params}
+    outside = [f"{key}={value!r}" for key, value in params.items() if not within(value, cfg.hparams_search.params[key])]
+    if outside:
+        log.warning("No incumbent trial: the composed %s lie outside the search space. Fix: widen the space to "
+                    "hold them, or study.incumbent=false.", ", ".join(outside))
+        return
+    study.enqueue_trial(params, user_attrs={"incumbent": True})
+    study.set_user_attr("incumbent", params)
+    log.info("Queued the composed values as the incumbent trial: %s", params)
+
+
 def study_state(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
@@ -240,6 +262,8 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
                                 sampler=instantiate(cfg.study.sampler), pruner=instantiate(cfg.study.pruner),
                                 direction="minimize", load_if_exists=True)
     check_settings(study, cfg, list(HydraConfig.get().overrides.task))
+    if cfg.study.incumbent:
+        enqueue_incumbent(study, cfg)
     n_trials = cfg.hparams_search.n_trials
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
         study.optimize(lambda trial: fit_trial(cfg, runs, trial, study_dir), gc_after_trial=True,
