@@ -1,0 +1,55 @@
+"""A profile study's trials as a markdown table, from its committed ``trials.csv`` alone (grace_lit.tune writes
+it): every finished trial, best first, with its held-out score (the mean of GRACE's and fixed 0.5/0.5's), each
+run's score, CPU-minutes and epochs, and the drawn values; the incumbent (the budget= profile's own values) marked.
+
+    .venv/bin/python results/profile_tuning/summary.py results/profile_tuning/FD001/trials.csv
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+SHORT = {"optimizer.lr": "lr", "optimizer.weight_decay": "wd", "data.batch_size": "batch",
+         "model.backbone.dropout": "dropout", "model.backbone.hidden_size": "width", "dataset.window": "window",
+         "callbacks.early_stopping.patience": "stop", "callbacks.plateau.patience": "plateau",
+         "callbacks.ema.decay": "ema", "dataset.condition_input": "condition"}
+
+
+def shown(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def score(value: float) -> str:
+    return "—" if pd.isna(value) else f"{value:.3f}"
+
+
+def table(trials: pd.DataFrame) -> str:
+    done = trials[trials.state.isin(["COMPLETE", "PRUNED"])].copy()
+    done["order"] = done.value.where(done.state == "COMPLETE")  # pruned trials last, in trial order
+    done = done.sort_values(["order", "number"], na_position="last")
+    params = [c for c in trials.columns if c.startswith("params_")]
+    names = [SHORT.get(c.removeprefix("params_"), c.removeprefix("params_")) for c in params]
+    lines = ["| trial | held-out | GRACE | fixed | CPU-min | epochs | " + " | ".join(names) + " |",
+             "|---" * (6 + len(names)) + "|"]
+    for _, row in done.iterrows():
+        number = str(row["number"]) + (" (incumbent)" if row.get("user_attrs_incumbent") is True else "")
+        complete = row["state"] == "COMPLETE"
+        runs = [[row.get(f"user_attrs_{key}_{variant}") for key in ("score", "cpu_s", "epochs")]
+                for variant in ("grace", "fixed")]
+        lines.append(" | ".join([
+            f"| {number}{'' if complete else ' (pruned)'}", score(row["value"]) if complete else "—",
+            *(score(run[0]) for run in runs),
+            " / ".join("—" if pd.isna(run[1]) else f"{run[1] / 60:.1f}" for run in runs),
+            " / ".join("—" if pd.isna(run[2]) else f"{int(run[2])}" for run in runs),
+            *(shown(row[c]) for c in params)]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    print(table(pd.read_csv(Path(argv[0]))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,34 @@
+"""results/profile_tuning/: the trials table from a study's trials.csv, and the committed README's tables
+regenerate from the committed trials.csv files."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "results" / "profile_tuning"))
+import summary  # noqa: E402
+
+
+def test_finished_trials_best_first_pruned_last_the_incumbent_marked(tmp_path: Path) -> None:
+    rows = [  # number, state, value, incumbent, GRACE (score, CPU-s, epochs), fixed, lr
+        (0, "COMPLETE", 13.0, None, (12.0, 60.0, 10), (14.0, 120.0, 12), 0.002),
+        (1, "PRUNED", None, None, (20.0, 30.0, 3), (None, None, None), 0.0001),
+        (2, "COMPLETE", 12.5, True, (12.4, 90.0, 11), (12.6, 30.0, 9), 0.001),
+        (3, "FAIL", None, None, (None, None, None), (None, None, None), 0.003),
+    ]
+    frame = pd.DataFrame([{
+        "number": n, "state": state, "value": value, "user_attrs_incumbent": incumbent,
+        **{f"user_attrs_{key}_{variant}": v for variant, run in (("grace", grace), ("fixed", fixed))
+           for key, v in zip(("score", "cpu_s", "epochs"), run)}, "params_optimizer.lr": lr}
+        for n, state, value, incumbent, grace, fixed, lr in rows])
+    lines = summary.table(frame).splitlines()
+    assert lines[0] == "| trial | held-out | GRACE | fixed | CPU-min | epochs | lr |"
+    assert lines[2:] == [
+        "| 2 (incumbent) | 12.500 | 12.400 | 12.600 | 1.5 / 0.5 | 11 / 9 | 0.001 |",
+        "| 0 | 13.000 | 12.000 | 14.000 | 1.0 / 2.0 | 10 / 12 | 0.002 |",
+        "| 1 (pruned) | — | 20.000 | — | 0.5 / — | 3 / — | 0.0001 |",
+    ]  # the failed trial (a killed process; its parameters ran again) is left out
