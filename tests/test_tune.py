@@ -172,11 +172,11 @@ def test_pruning_callback_prunes_a_bad_trial() -> None:
     # finished trial's value at that epoch is pruned
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
 
-    def run(values: list[float]) -> None:
+    def run(values: list[float], from_epoch: int = 0) -> None:
         def objective(trial: optuna.Trial) -> float:
             trainer = L.Trainer(max_epochs=len(values), accelerator="cpu", logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False,
-                                callbacks=[OptunaPruning(trial, "val/rmse_last")])
+                                callbacks=[OptunaPruning(trial, "val/rmse_last", from_epoch=from_epoch)])
             trainer.fit(Scripted(values))
             return values[-1]
         study.optimize(objective, n_trials=1)
@@ -184,10 +184,14 @@ def test_pruning_callback_prunes_a_bad_trial() -> None:
     run([5.0, 4.0, 3.0, 2.0])  # the reference
     run([5.0, 6.0, 7.0, 8.0])  # epoch 1: best so far 5 > 4
     run([5.0, 3.0, 3.5, 1.5])  # its best so far never above the reference at that epoch
-    reference, bad, good = study.trials
+    run([5.0, 6.0, 2.5, 1.0], from_epoch=2)  # epoch 1 would prune it; from epoch 2 on its best stays below the median
+    run([5.0, 6.0, 7.0, 8.0], from_epoch=3)  # stopped at the first epoch it may be, 3
+    reference, bad, good, late, later = study.trials
     assert reference.state.name == "COMPLETE"
     assert bad.state.name == "PRUNED" and bad.intermediate_values == {0: 5.0, 1: 6.0}  # stopped at epoch 1
     assert good.state.name == "COMPLETE" and good.intermediate_values == {0: 5.0, 1: 3.0, 2: 3.5, 3: 1.5}
+    assert late.state.name == "COMPLETE" and len(late.intermediate_values) == 4
+    assert later.state.name == "PRUNED" and len(later.intermediate_values) == 4
 
 
 class Clocked(Scripted):

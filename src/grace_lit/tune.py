@@ -108,7 +108,8 @@ def fit_run(cfg: DictConfig, trial: optuna.Trial, variant: str, first_step: int)
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data, module, trainer = build(cfg)
-    trainer.callbacks.append(OptunaPruning(trial, cfg.monitor, first_step))
+    warmup = cfg.callbacks.lr_warmup.epochs if cfg.callbacks.get("lr_warmup") else 0
+    trainer.callbacks.append(OptunaPruning(trial, cfg.monitor, first_step, warmup + cfg.study.prune_after_warmup))
     trainer.fit(module, datamodule=data)
     score = float(trainer.checkpoint_callback.best_model_score)
     suffix = f"_{variant}" if variant else ""

@@ -13,10 +13,12 @@ from grace_lit.errors import GraceError
 
 class OptunaPruning(L.Callback):
     """``first_step``: the step of epoch 0. A trial of several runs (tune's variants) gives each run steps of its
-    own, so that the pruner compares each run with the same run of earlier trials."""
+    own, so that the pruner compares each run with the same run of earlier trials. ``from_epoch``: each run's
+    epochs before the pruner may stop it (reported all the same): the first epochs rank a low learning rate or a
+    slow EMA shadow below where they end."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str, first_step: int = 0):
-        self.trial, self.monitor, self.first_step = trial, monitor, first_step
+    def __init__(self, trial: optuna.Trial, monitor: str, first_step: int = 0, from_epoch: int = 0):
+        self.trial, self.monitor, self.first_step, self.from_epoch = trial, monitor, first_step, from_epoch
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
@@ -27,6 +29,6 @@ class OptunaPruning(L.Callback):
         if trainer.sanity_checking:
             return
         self.trial.report(float(trainer.callback_metrics[self.monitor]), step=self.first_step + trainer.current_epoch)
-        if self.trial.should_prune():
+        if trainer.current_epoch >= self.from_epoch and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.monitor} at epoch {trainer.current_epoch} is worse than the "
                                      f"pruner's threshold")
