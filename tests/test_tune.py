@@ -174,10 +174,13 @@ def test_pruning_callback_prunes_a_bad_trial() -> None:
 
     def run(values: list[float], from_epoch: int = 0) -> None:
         def objective(trial: optuna.Trial) -> float:
+            pruning = OptunaPruning(trial, "val/rmse_last", from_epoch=from_epoch)
             trainer = L.Trainer(max_epochs=len(values), accelerator="cpu", logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False,
-                                callbacks=[OptunaPruning(trial, "val/rmse_last", from_epoch=from_epoch)])
-            trainer.fit(Scripted(values))
+                                enable_progress_bar=False, enable_model_summary=False, callbacks=[pruning])
+            try:
+                trainer.fit(Scripted(values))
+            finally:
+                trial.set_user_attr("epochs", pruning.reported)
             return values[-1]
         study.optimize(objective, n_trials=1)
 
@@ -192,6 +195,7 @@ def test_pruning_callback_prunes_a_bad_trial() -> None:
     assert good.state.name == "COMPLETE" and good.intermediate_values == {0: 5.0, 1: 3.0, 2: 3.5, 3: 1.5}
     assert late.state.name == "COMPLETE" and len(late.intermediate_values) == 4
     assert later.state.name == "PRUNED" and len(later.intermediate_values) == 4
+    assert later.user_attrs["epochs"] == 4  # what a pruned run spent is kept
 
 
 class Clocked(Scripted):

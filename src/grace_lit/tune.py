@@ -109,12 +109,16 @@ def fit_run(cfg: DictConfig, trial: optuna.Trial, variant: str, first_step: int)
     L.seed_everything(cfg.seed, workers=True)
     data, module, trainer = build(cfg)
     warmup = cfg.callbacks.lr_warmup.epochs if cfg.callbacks.get("lr_warmup") else 0
-    trainer.callbacks.append(OptunaPruning(trial, cfg.monitor, first_step, warmup + cfg.study.prune_after_warmup))
-    trainer.fit(module, datamodule=data)
-    score = float(trainer.checkpoint_callback.best_model_score)
+    pruning = OptunaPruning(trial, cfg.monitor, first_step, warmup + cfg.study.prune_after_warmup)
+    trainer.callbacks.append(pruning)
     suffix = f"_{variant}" if variant else ""
-    for key, value in {"score": score, "cpu_s": round(module.cpu_time_s(), 1), "epochs": trainer.current_epoch}.items():
-        trial.set_user_attr(key + suffix, value)
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:  # a pruned run too: what the study spent
+        trial.set_user_attr(f"cpu_s{suffix}", round(module.cpu_time_s(), 1))
+        trial.set_user_attr(f"epochs{suffix}", pruning.reported)
+    score = float(trainer.checkpoint_callback.best_model_score)
+    trial.set_user_attr(f"score{suffix}", score)
     return score
 
 

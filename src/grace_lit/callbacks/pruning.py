@@ -19,6 +19,7 @@ class OptunaPruning(L.Callback):
 
     def __init__(self, trial: optuna.Trial, monitor: str, first_step: int = 0, from_epoch: int = 0):
         self.trial, self.monitor, self.first_step, self.from_epoch = trial, monitor, first_step, from_epoch
+        self.reported = 0  # epochs validated and reported: a pruned run's last one included
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
@@ -29,6 +30,7 @@ class OptunaPruning(L.Callback):
         if trainer.sanity_checking:
             return
         self.trial.report(float(trainer.callback_metrics[self.monitor]), step=self.first_step + trainer.current_epoch)
+        self.reported += 1
         if trainer.current_epoch >= self.from_epoch and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.monitor} at epoch {trainer.current_epoch} is worse than the "
                                      f"pruner's threshold")
