@@ -32,3 +32,13 @@ def test_finished_trials_best_first_pruned_last_the_incumbent_marked(tmp_path: P
         "| 0 | 13.000 | 12.000 | 14.000 | 1.0 / 2.0 | 10 / 12 | 0.002 |",
         "| 1 (pruned) | — | 20.000 | — | 0.5 / — | 3 / — | 0.0001 |",
     ]  # the failed trial (a killed process; its parameters ran again) is left out
+
+
+def test_the_readme_tables_regenerate_from_the_committed_trials() -> None:
+    folder = REPO / "results" / "profile_tuning"
+    readme = (folder / "README.md").read_text()
+    studies = sorted(folder.glob("FD00*/trials.csv"))
+    assert studies
+    for trials in studies:
+        marker = f"<!-- summary.py {trials.parent.name}/trials.csv -->\n\n"
+        assert marker + summary.table(pd.read_csv(trials)) + "\n" in readme, trials

@@ -115,7 +115,8 @@ def test_failed_and_unfinished_runs_are_listed(sweep: Path):
 # results folders that hold runs the report already has from another folder (the same commands again: for the
 # intervals' calibration, and without the test trace), which would count twice
 RERUNS = {"results/cpu_intervals", "results/selection_inflation_without_trace"}
-NOT_RUNS = {"results/plain_curve"}  # the plain loop's own files (benchmarks/plain_reference.py), no framework runs
+NOT_RUNS = {"results/plain_curve",  # the plain loop's own files (benchmarks/plain_reference.py), no framework runs
+            "results/profile_tuning"}  # tuning studies: trials, no scored runs
 
 
 def test_committed_results_regenerate_byte_for_byte_from_another_checkout(tmp_path: Path):
