@@ -191,6 +191,7 @@ def check_settings(study: optuna.Study, cfg: DictConfig, overrides: list[str] | 
 
 
 def within(value: Any, spec: DictConfig) -> bool:
+    """Whether a composed value lies in a search-space entry: among its choices, or in [low, high]."""
     if spec.type == "categorical":
         return value in spec.choices
     return spec.low <= value <= spec.high
