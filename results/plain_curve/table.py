@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from grace_lit.report import collect
+
 
 def curve(root: Path) -> pd.DataFrame:
     """One row per (file, budget): subset, seed and the budget's point of the curve."""
@@ -29,15 +31,14 @@ def curve(root: Path) -> pd.DataFrame:
 
 
 def framework(folders: list[Path]) -> pd.DataFrame:
-    """One row per completed holdout run: subset, cell (its folder), seed, CPU minutes, test RMSE."""
-    rows = []
-    for folder in folders:
-        for path in sorted(folder.glob("*/s*/metrics.json")):
-            run = json.loads(path.read_text())
-            if run.get("status") == "completed" and run["protocol"] == "holdout":
-                rows.append({"subset": run["dataset"], "cell": path.parent.parent.name, "seed": run["seed"],
-                             "cpu_min": run["cpu_time_s"] / 60.0, "test_rmse": run["test/rmse_last"]})
-    return pd.DataFrame(rows)
+    """One row per completed holdout run (grace_lit.report's reader): subset, cell (its folder), seed, CPU minutes,
+    test RMSE."""
+    if not folders:
+        return pd.DataFrame()
+    runs = collect(folders, Path.cwd())
+    runs = runs[(runs.status == "completed") & (runs.protocol == "holdout")]
+    return pd.DataFrame({"subset": runs.dataset, "cell": [Path(r).parent.name for r in runs.run], "seed": runs.seed,
+                         "cpu_min": runs.cpu_time_s / 60.0, "test_rmse": runs["test/rmse_last"]})
 
 
 def spread(values: pd.Series) -> str:
