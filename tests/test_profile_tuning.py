@@ -42,3 +42,12 @@ def test_the_readme_tables_regenerate_from_the_committed_trials() -> None:
     for trials in studies:
         marker = f"<!-- summary.py {trials.parent.name}/trials.csv -->\n\n"
         assert marker + summary.table(pd.read_csv(trials)) + "\n" in readme, trials
+
+
+def test_a_check_studys_rows_name_the_trial_they_score_again() -> None:
+    frame = pd.DataFrame([
+        {"number": 0, "state": "COMPLETE", "value": 12.0, "user_attrs_recheck_of": 23.0, "params_optimizer.lr": 0.003},
+        {"number": 1, "state": "COMPLETE", "value": 11.0, "user_attrs_recheck_of": None,
+         "user_attrs_incumbent": True, "params_optimizer.lr": 0.002}])
+    assert [line.split(" | ")[0] for line in summary.table(frame).splitlines()[2:]] == [
+        "| 1 (incumbent)", "| 0 (trial 23)"]

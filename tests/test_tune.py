@@ -24,7 +24,7 @@ optuna = pytest.importorskip("optuna")
 from grace_lit.callbacks.cpu_budget import CPUBudget  # noqa: E402
 from grace_lit.callbacks.pruning import OptunaPruning  # noqa: E402  (needs optuna)
 from grace_lit.errors import GraceError  # noqa: E402
-from grace_lit.tune import check, check_settings, enqueue_incumbent, trial_config  # noqa: E402
+from grace_lit.tune import check, check_settings, enqueue_incumbent, enqueue_recheck, trial_config  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 ARGS = ["dataset=FD001", "model=small", "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
@@ -275,3 +275,32 @@ def test_the_composed_values_are_the_first_trial_once_and_only_inside_the_space(
     other = optuna.create_study()
     enqueue_incumbent(other, composed(["budget=cpu_fd002", "dataset=FD002"], config_name="tune"))
     assert not other.get_trials() and "data.batch_size=512" in caplog.text  # gaba.yaml's choices: 64, 128, 256
+
+
+def test_a_check_study_queues_the_best_trials_of_another_once(tmp_path: Path) -> None:
+    """study.recheck: an earlier study's best complete trials, read from its trials.csv, queued once; pruned and
+    failed trials are not among them."""
+    space = composed(["hparams_search=profile", "budget=cpu", "dataset=FD001"], config_name="tune").hparams_search
+    earlier = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = {}
+    for value, state in [(3.0, TrialState.COMPLETE), (1.0, TrialState.PRUNED), (2.0, TrialState.COMPLETE),
+                         (0.5, TrialState.FAIL), (4.0, TrialState.COMPLETE)]:
+        trial = earlier.ask()
+        drawn[trial.number] = {key: getattr(trial, f"suggest_{spec.type}")(
+            key, **{k: v for k, v in spec.items() if k != "type"}) for key, spec in space.params.items()}
+        earlier.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    (tmp_path / "trials.csv").write_text(earlier.trials_dataframe().to_csv(index=False))
+    cfg = composed(["hparams_search=profile_check", "budget=cpu", "dataset=FD001",
+                    f"study.recheck.trials={tmp_path / 'trials.csv'}", "study.recheck.top=2"], config_name="tune")
+    assert (cfg.seed, cfg.study.score_test, cfg.study.pruner.n_startup_trials) == (1002, False, 5)
+    study = optuna.create_study()
+    enqueue_recheck(study, cfg)
+    enqueue_recheck(study, cfg)  # a resumed check: not again
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["recheck_of"] for t in queued] == [2, 0]
+    for trial in queued:
+        expected = drawn[trial.user_attrs["recheck_of"]]
+        got = trial.system_attrs["fixed_params"]
+        assert got.keys() == expected.keys()
+        assert all(got[k] == pytest.approx(expected[k], rel=1e-12) and type(got[k]) is type(expected[k])
+                   for k in expected)

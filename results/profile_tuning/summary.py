@@ -1,6 +1,7 @@
 """A profile study's trials as a markdown table, from its committed ``trials.csv`` alone (grace_lit.tune writes
 it): every finished trial, best first, with its held-out score (the mean of GRACE's and fixed 0.5/0.5's), each
-run's score, CPU-minutes and epochs, and the drawn values; the incumbent (the budget= profile's own values) marked.
+run's score, CPU-minutes and epochs, and the drawn values; the incumbent (the budget= profile's own values) marked,
+and in a check study (hparams_search=profile_check) the earlier trial each row scores again.
 
     .venv/bin/python results/profile_tuning/summary.py results/profile_tuning/FD001/trials.csv
 """
@@ -35,6 +36,8 @@ def table(trials: pd.DataFrame) -> str:
              "|---" * (6 + len(names)) + "|"]
     for _, row in done.iterrows():
         number = str(row["number"]) + (" (incumbent)" if row.get("user_attrs_incumbent") is True else "")
+        if not pd.isna(row.get("user_attrs_recheck_of", float("nan"))):  # a check study's rerun of an earlier trial
+            number += f" (trial {int(row['user_attrs_recheck_of'])})"
         complete = row["state"] == "COMPLETE"
         runs = [[row.get(f"user_attrs_{key}_{variant}") for key in ("score", "cpu_s", "epochs")]
                 for variant in ("grace", "fixed")]

@@ -3,7 +3,8 @@
 An Optuna study over a search space from ``conf/hparams_search/``, stored in SQLite so that re-running the
 command resumes it. Each trial is a training run built by ``train.build`` that selects on held-out training
 units and never sees the test set (no ``trainer.test``). When the study is complete, the best trial's selected
-checkpoint (its ``best.ckpt``, reloaded, not retrained) is scored on the test set, once.
+checkpoint (its ``best.ckpt``, reloaded, not retrained) is scored on the test set, once (a check study,
+``study.score_test=false``, never scores it).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import pandas as pd
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -213,6 +215,27 @@ def enqueue_incumbent(study: optuna.Study, cfg: DictConfig) -> None:
     log.info("Queued the composed values as the incumbent trial: %s", params)
 
 
+def enqueue_recheck(study: optuna.Study, cfg: DictConfig) -> None:
+    """An earlier study's best finished trials (``study.recheck``: its ``trials.csv`` and how many) as the next
+    trials, once per study: what one split seed chose, scored again on another before it ships."""
+    recheck = cfg.study.recheck
+    if not recheck or "recheck" in study.user_attrs:
+        return
+    table = pd.read_csv(recheck.trials)
+    best = table[table.state == "COMPLETE"].nsmallest(recheck.top, "value")
+    for row in best.to_dict("records"):
+        params = {key: _native(row[f"params_{key}"]) for key in cfg.hparams_search.params}
+        study.enqueue_trial(params, user_attrs={"recheck_of": int(row["number"])})
+    study.set_user_attr("recheck", {"trials": recheck.trials, "numbers": [int(n) for n in best.number]})
+    log.info("Queued trials %s of %s, the best %d there, to score again", list(best.number), recheck.trials,
+             len(best))
+
+
+def _native(value: Any) -> Any:
+    """A value read by pandas as Python's own type: Optuna stores enqueued values as JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def study_state(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
@@ -268,6 +291,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
                                 sampler=instantiate(cfg.study.sampler), pruner=instantiate(cfg.study.pruner),
                                 direction="minimize", load_if_exists=True)
     check_settings(study, cfg, list(HydraConfig.get().overrides.task))
+    enqueue_recheck(study, cfg)
     if cfg.study.incumbent:
         enqueue_incumbent(study, cfg)
     n_trials = cfg.hparams_search.n_trials
@@ -284,7 +308,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     elif state["running"]:
         log.info("%d trials still run in other processes (or in one killed less than study.storage.grace_period "
                  "seconds ago): the test set is scored by a run after they finish.", state["running"])
-    elif state["best_trial"] is not None:
+    elif state["best_trial"] is not None and cfg.study.score_test:
         score_best(runs, study, study_dir)
     return state
 
