@@ -24,7 +24,8 @@ optuna = pytest.importorskip("optuna")
 from grace_lit.callbacks.cpu_budget import CPUBudget  # noqa: E402
 from grace_lit.callbacks.pruning import OptunaPruning  # noqa: E402  (needs optuna)
 from grace_lit.errors import GraceError  # noqa: E402
-from grace_lit.tune import check, check_settings, enqueue_incumbent, enqueue_recheck, trial_config  # noqa: E402
+from grace_lit.tune import (check, check_settings, enqueue_incumbent, enqueue_recheck, score_run,  # noqa: E402
+                            trial_config)
 from optuna.trial import TrialState  # noqa: E402
 
 ARGS = ["dataset=FD001", "model=small", "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
@@ -225,7 +226,8 @@ def test_cpu_budget_stops_before_the_epoch_that_would_pass_it(cpu: list[float], 
 
 
 def test_a_trial_of_variants_trains_each_and_scores_their_mean(tmp_path: Path, data_cache: Path) -> None:
-    """hparams_search=profile: each trial trains GRACE and fixed 0.5/0.5 with the same drawn values. GRACE's GABA
+    """hparams_search=profile: each trial trains GRACE and fixed 0.5/0.5 with the same drawn values, and the test
+    set is scored only on request (study.score_test=true), once per variant. GRACE's GABA
     warmup is cut to 1 step, in its variant's overrides, so that the two runs differ within the 2 batches; as
     one of the study's overrides it would not compose with loss=fixed, and the study is refused before it starts."""
     study_dir, args = tmp_path / "study", ["hparams_search=profile", "hparams_search.n_trials=1"]
@@ -234,10 +236,14 @@ def test_a_trial_of_variants_trains_each_and_scores_their_mean(tmp_path: Path, d
     out = refused.stdout + refused.stderr
     assert refused.returncode == 1 and "Traceback" not in out and not study_dir.exists()
     assert "Variant fixed (loss=fixed) does not compose" in out and "hparams_search.variants.fixed" in out
-    done = subprocess.run(tune_command(study_dir, *args, "hparams_search.variants.grace=['loss=gaba',"
-                                       "'loss.controller.warmup_steps=1']"),
-                          cwd=REPO, env=cli_env(data_cache), capture_output=True, text=True, timeout=300)
+    args.append("hparams_search.variants.grace=['loss=gaba','loss.controller.warmup_steps=1']")
+    done = subprocess.run(tune_command(study_dir, *args), cwd=REPO, env=cli_env(data_cache), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert SCORING not in done.stdout + done.stderr and not (study_dir / "grace").exists()  # profile: no test score
+    scored = subprocess.run(tune_command(study_dir, *args, "study.score_test=true"), cwd=REPO,  # trained already
+                            env=cli_env(data_cache), capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0 and (scored.stdout + scored.stderr).count(SCORING) == 2
     (trial,) = optuna.load_study(study_name="FD001_profile", storage=f"sqlite:///{study_dir}/study.db").get_trials()
     scores = {v: trial.user_attrs[f"score_{v}"] for v in ("grace", "fixed")}
     assert scores["grace"] != scores["fixed"] and trial.value == pytest.approx(sum(scores.values()) / 2)
@@ -304,3 +310,12 @@ def test_a_check_study_queues_the_best_trials_of_another_once(tmp_path: Path) ->
         assert got.keys() == expected.keys()
         assert all(got[k] == pytest.approx(expected[k], rel=1e-12) and type(got[k]) is type(expected[k])
                    for k in expected)
+
+
+def test_a_best_trial_without_its_checkpoint_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """A study resumed from its study.db alone: its best trial's weights are not there to score."""
+    cfg = composed(["dataset=FD001"], config_name="tune")
+    best = optuna.trial.create_trial(value=1.0, params={}, distributions={})
+    with pytest.raises(GraceError, match=r"(?s)checkpoint .*trial_023.* is missing.*Fix: .*study.score_test=false"):
+        score_run(cfg, optuna.create_study(), best, 1.0, tmp_path / "out", tmp_path / "trial_023")
+    assert not (tmp_path / "out").exists()

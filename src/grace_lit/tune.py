@@ -260,6 +260,11 @@ def score_run(cfg: DictConfig, study: optuna.Study, best: optuna.trial.FrozenTri
         log.info("The test set was scored already (%s); it is not scored again.", shown_path(result))
         return
     ckpt = run_dir / "checkpoints" / "best.ckpt"
+    if not ckpt.is_file():
+        raise Refused(f"The best trial's checkpoint {shown_path(ckpt)} is missing (the study was copied or resumed "
+                      f"without its trial directories), so trial {best.number} cannot be scored on the test set.\n"
+                      f"Fix: put the trial directories back beside study.db, or study.score_test=false and train the "
+                      f"best trial's values with grace_lit.train, which scores them once.")
     best_cfg = trial_config(cfg, best.params, out_dir)
     L.seed_everything(best_cfg.seed, workers=True)
     data, module, trainer = build(best_cfg)
