@@ -241,3 +241,25 @@ def test_each_launcher_composes_the_sweep_it_is_given(tmp_path, launcher, target
     job = [a for a in cmd[4:] if not a.startswith(("protocol=", "seed=", "protocol.fold="))]
     cfg = composed([*job, "protocol=holdout", "seed=42", "protocol.fold=0"], hydra=True)
     assert cfg.hydra.launcher._target_.endswith(target) and cfg.hydra.sweep.subdir == "FD001_grace_holdout/s42_f0"
+
+
+def test_tuned_manifest_runs_the_issues_controllers_under_the_tuned_profiles():
+    """Issue 30's rerun: GRACE, fixed 0.5/0.5, fixed at GABA's floor, single-task, AMNL and Uncertainty, each subset
+    under its tuned budget= preset (5 CPU-minutes a run), five cuts, one thread; only the controller differs."""
+    manifest = campaign.load_manifest(REPO / "benchmarks" / "tuned_campaign.yaml")
+    controllers = ["grace", "fixed_equal", "fixed_floor", "single_task", "amnl", "uncertainty"]
+    cells = campaign.cells(manifest)
+    datasets = sorted({c.name.split("_")[0] for c in cells})
+    assert [c.name for c in cells] == [f"{d}_{c}_holdout" for d in datasets for c in controllers]
+    assert list(manifest.seeds) == [42, 123, 456, 789, 1024] and manifest.env.OMP_NUM_THREADS == 1
+    for dataset in datasets:
+        configs = {c.name: composed([*manifest.overrides, *c.overrides, f"protocol={c.protocol}"]) for c in cells
+                   if c.name.startswith(dataset)}
+        profile = {OmegaConf.to_yaml(cfg.model) + OmegaConf.to_yaml(cfg.optimizer) + OmegaConf.to_yaml(cfg.callbacks)
+                   + str(cfg.data.batch_size) + str(cfg.dataset.window) for cfg in configs.values()}
+        assert len(profile) == 1  # one profile per subset, whatever the controller
+        cfg = configs[f"{dataset}_grace_holdout"]
+        assert (cfg.dataset.name, cfg.loss.name, cfg.rul_loss.name) == (dataset, "gaba", "wmse")
+        assert (cfg.protocol.val_cuts, cfg.callbacks.cpu_budget.minutes) == (5, 5)
+        assert list(configs[f"{dataset}_fixed_floor_holdout"].loss.controller.weights) == [0.05, 0.95]
+        assert configs[f"{dataset}_single_task_holdout"].loss.name == "single_task"
