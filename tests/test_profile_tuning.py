@@ -2,6 +2,8 @@
 regenerate from the committed trials.csv files."""
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,13 +37,29 @@ def test_finished_trials_best_first_pruned_last_the_incumbent_marked(tmp_path: P
 
 
 def test_the_readme_tables_regenerate_from_the_committed_trials() -> None:
+    """Each ``<!-- summary.py <trials.csv> ... -->`` marker is followed by what summary.py prints for those files,
+    and every committed study has its own table."""
     folder = REPO / "results" / "profile_tuning"
     readme = (folder / "README.md").read_text()
-    studies = sorted(folder.glob("FD00*/trials.csv"))
-    assert studies
-    for trials in studies:
-        marker = f"<!-- summary.py {trials.parent.name}/trials.csv -->\n\n"
-        assert marker + summary.table(pd.read_csv(trials)) + "\n" in readme, trials
+    markers = re.findall(r"<!-- summary\.py (.+?) -->", readme)
+    studies = sorted(p.relative_to(folder).as_posix() for p in folder.glob("FD00*/trials.csv"))
+    assert studies and set(studies) <= set(markers)
+    for marker in markers:
+        paths = marker.split()
+        out = subprocess.run([sys.executable, "summary.py", *paths], cwd=folder, capture_output=True, text=True,
+                             check=True).stdout
+        assert f"<!-- summary.py {marker} -->\n\n{out}\n" in readme, marker
+
+
+def test_a_checked_trial_is_matched_across_studies_and_ranked_by_its_mean() -> None:
+    first = pd.DataFrame([{"number": n, "state": "COMPLETE", "value": v, "user_attrs_incumbent": n == 2}
+                          for n, v in [(0, 12.0), (1, 11.0), (2, 13.0)]])
+    check = pd.DataFrame([{"number": n, "state": "COMPLETE", "value": v, "user_attrs_recheck_of": of,
+                           "user_attrs_incumbent": of is None} for n, v, of in [(0, 16.0, 1), (1, 12.0, 0),
+                                                                               (2, 15.0, None)]])
+    assert summary.across({"A": first, "B": check}).splitlines() == [
+        "| trial | A | B | mean |", "|---|---|---|---|", "| 0 | 12.000 | 12.000 | 12.000 |",
+        "| 1 | 11.000 | 16.000 | 13.500 |", "| incumbent | 13.000 | 15.000 | 14.000 |"]
 
 
 def test_a_check_studys_rows_name_the_trial_they_score_again() -> None:

@@ -4,6 +4,11 @@ run's score, CPU-minutes and epochs, and the drawn values; the incumbent (the bu
 and in a check study (hparams_search=profile_check) the earlier trial each row scores again.
 
     .venv/bin/python results/profile_tuning/summary.py results/profile_tuning/FD001/trials.csv
+
+Given a study and its check studies (each a ``trials.csv``), one table instead: the checked trials' held-out
+scores on every study's split seed and their mean, best first (what chooses the profile that ships).
+
+    .venv/bin/python results/profile_tuning/summary.py FD001/trials.csv FD001_check_s1002/trials.csv ...
 """
 from __future__ import annotations
 
@@ -50,8 +55,31 @@ def table(trials: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def across(studies: dict[str, pd.DataFrame]) -> str:
+    """The trials every check study scored again (by their number in the first study; the incumbent as such)."""
+    scores: dict[str, dict[str, float]] = {}
+    for name, trials in studies.items():
+        for _, row in trials[trials.state == "COMPLETE"].iterrows():
+            if row.get("user_attrs_incumbent") is True:
+                key = "incumbent"
+            elif "user_attrs_recheck_of" in row and not pd.isna(row["user_attrs_recheck_of"]):
+                key = str(int(row["user_attrs_recheck_of"]))
+            else:
+                key = str(row["number"])
+            scores.setdefault(key, {})[name] = row["value"]
+    frame = pd.DataFrame(scores).T.dropna()  # scored in every study
+    frame["mean"] = frame.mean(axis=1)
+    lines = ["| trial | " + " | ".join(studies) + " | mean |", "|---" * (len(studies) + 2) + "|"]
+    lines += [f"| {key} | " + " | ".join(score(v) for v in row) + " |"
+              for key, row in frame.sort_values("mean").iterrows()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
-    print(table(pd.read_csv(Path(argv[0]))))
+    if len(argv) > 1:
+        print(across({Path(path).parent.name: pd.read_csv(path) for path in argv}))
+    else:
+        print(table(pd.read_csv(Path(argv[0]))))
 
 
 if __name__ == "__main__":
