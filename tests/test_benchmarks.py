@@ -101,14 +101,18 @@ def test_the_plain_curve_table_sets_framework_runs_beside_the_first_budget_not_b
         (runs / cell / f"s{seed}" / "metrics.json").write_text(json.dumps({
             "status": "completed", "protocol": "holdout", "dataset": "FD001", "seed": seed, "cpu_time_s": cpu_s,
             "test/rmse_last": rmse}))
-    rows = table.matched(table.curve(tmp_path), table.framework([runs])).set_index("cell")
-    grace, slow = rows.loc["FD001_grace_holdout"], rows.loc["FD001_slow_holdout"]
+    other = tmp_path / "tuned" / "FD001_grace_holdout" / "s1"  # a cell of the same name in another folder
+    other.mkdir(parents=True)
+    (other / "metrics.json").write_text((runs / "FD001_slow_holdout" / "s1" / "metrics.json").read_text())
+    rows = table.matched(table.curve(tmp_path), table.framework([runs, tmp_path / "tuned"])).set_index("cell")
+    grace, slow = rows.loc["runs/FD001_grace_holdout"], rows.loc["runs/FD001_slow_holdout"]
+    assert rows.loc["tuned/FD001_grace_holdout"].test_rmse == 11.0
     # seeds 1 and 2: 1.5 CPU-minutes, so the 2-minute budget, where the plain loop scores (15 + 13) / 2
     assert (grace.seeds, grace.cpu_min, grace.test_rmse, grace.plain_budget_min) == (2, 1.5, 12.5, 2)
     assert grace.plain_rmse == 14.0 and grace.ratio == pytest.approx(12.5 / 14.0)
     assert pd.isna(slow.plain_rmse) and pd.isna(slow.ratio)  # 3 CPU-minutes: no budget that large
     table.main([str(tmp_path), "--against", str(runs), "--plot", str(tmp_path / "curve.png")])
     printed = capsys.readouterr().out
-    assert "| FD001 | FD001_grace_holdout | 2 | 1.50 | 12.50 | 2 CPU-min | 14.00 | 0.89 |" in printed
-    assert "| FD001 | FD001_slow_holdout | 1 | 3.00 | 11.00 | — | — | — |" in printed
+    assert "| FD001 | runs/FD001_grace_holdout | 2 | 1.50 | 12.50 | 2 CPU-min | 14.00 | 0.89 |" in printed
+    assert "| FD001 | runs/FD001_slow_holdout | 1 | 3.00 | 11.00 | — | — | — |" in printed
     assert (tmp_path / "curve.png").stat().st_size > 0

@@ -31,13 +31,13 @@ def curve(root: Path) -> pd.DataFrame:
 
 
 def framework(folders: list[Path]) -> pd.DataFrame:
-    """One row per completed holdout run (grace_lit.report's reader): subset, cell (its folder), seed, CPU minutes,
-    test RMSE."""
+    """One row per completed holdout run (grace_lit.report's reader): subset, cell (``<folder>/<cell folder>``),
+    seed, CPU minutes, test RMSE."""
     if not folders:
         return pd.DataFrame()
     runs = collect(folders, Path.cwd())
     runs = runs[(runs.status == "completed") & (runs.protocol == "holdout")]
-    return pd.DataFrame({"subset": runs.dataset, "cell": [Path(r).parent.name for r in runs.run], "seed": runs.seed,
+    return pd.DataFrame({"subset": runs.dataset, "cell": [f"{Path(r).parent.parent.name}/{Path(r).parent.name}" for r in runs.run], "seed": runs.seed,
                          "cpu_min": runs.cpu_time_s / 60.0, "test_rmse": runs["test/rmse_last"]})
 
 
@@ -95,14 +95,14 @@ def plot(points: pd.DataFrame, runs: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     subsets, budgets = sorted(points.subset.unique()), sorted(points.budget_min.unique())
-    cells = sorted({cell.removeprefix(f"{subset}_") for subset, cell in zip(runs.get("subset", []),
+    cells = sorted({cell.replace(f"/{subset}_", "/") for subset, cell in zip(runs.get("subset", []),
                                                                            runs.get("cell", []))})
     fig, axes = plt.subplots(1, len(subsets), figsize=(3.2 * len(subsets), 3.0), squeeze=False)
     for ax, subset in zip(axes[0], subsets):
         mean = points[points.subset == subset].groupby("budget_min").test_rmse_best.agg(["mean", "std"])
         ax.errorbar(mean.index, mean["mean"], yerr=mean["std"], marker="o", capsize=3, color="k", label="plain loop")
         for i, cell in enumerate(cells):
-            group = runs[(runs.subset == subset) & (runs.cell == f"{subset}_{cell}")]
+            group = runs[(runs.subset == subset) & (runs.cell == cell.replace("/", f"/{subset}_"))]
             if len(group):
                 ax.errorbar(group.cpu_min.mean(), group.test_rmse.mean(), xerr=group.cpu_min.std(),
                             yerr=group.test_rmse.std(), marker="s", capsize=3, linestyle="none", color=f"C{i}",
