@@ -258,6 +258,17 @@ def test_campaign_tables_in_the_readmes_are_what_the_committed_runs_give():
     assert all(f"{name}\n\n{table}" in campaign for name, table in zip(subsets[0::2], subsets[1::2]))
 
 
+def test_tuned_campaign_tables_in_its_readme_are_what_the_committed_runs_give():
+    """results/tuned_campaign/README.md's tables (each subset's controllers, then every controller beside the first
+    campaign, paired by seed) are what its tables.py prints from the committed runs.csv and paired.csv files."""
+    out = subprocess.run([sys.executable, "results/tuned_campaign/tables.py"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    *subsets, beside = out.strip().split("\n\n")
+    readme = (REPO / "results/tuned_campaign/README.md").read_text()
+    assert subsets[0] == "FD001:" and beside.startswith("| controller | subset | first campaign") and beside in readme
+    assert all(f"{name}\n\n{table}" in readme for name, table in zip(subsets[0::2], subsets[1::2]))
+
+
 # ------------------------------------------------------------------ environments
 ENV = {"python": "3.12.3", "torch": "2.13.0+cpu", "lightning": "2.6.6", "numpy": "2.3.1", "kernels": "cpu AVX512"}
 

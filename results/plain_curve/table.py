@@ -113,7 +113,10 @@ def plot(points: pd.DataFrame, runs: pd.DataFrame, out: Path) -> None:
         ax.set_title(subset)
         ax.set_xlabel("CPU-minutes (one thread)")
     axes[0][0].set_ylabel("test RMSE, last window (capped)")
-    axes[0][-1].legend(fontsize=7)
+    legend = {}  # every cell once, whichever subsets it ran on
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=6)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
