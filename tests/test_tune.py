@@ -310,6 +310,9 @@ def test_a_check_study_queues_the_best_trials_of_another_once(tmp_path: Path) ->
         assert got.keys() == expected.keys()
         assert all(got[k] == pytest.approx(expected[k], rel=1e-12) and type(got[k]) is type(expected[k])
                    for k in expected)
+    cfg.study.recheck.trials = str(tmp_path / "absent.csv")
+    with pytest.raises(GraceError, match=r"(?s)absent.csv is not a file.*Fix: name an earlier study's trials.csv"):
+        enqueue_recheck(optuna.create_study(), cfg)
 
 
 def test_a_best_trial_without_its_checkpoint_is_refused_with_the_fix(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 An Optuna study over a search space from ``conf/hparams_search/``, stored in SQLite so that re-running the
 command resumes it. Each trial is a training run built by ``train.build`` that selects on held-out training
 units and never sees the test set (no ``trainer.test``). When the study is complete, the best trial's selected
-checkpoint (its ``best.ckpt``, reloaded, not retrained) is scored on the test set, once (a check study,
-``study.score_test=false``, never scores it).
+checkpoint (its ``best.ckpt``, reloaded, not retrained) is scored on the test set, once; with
+``study.score_test=false`` (profile and check studies) never.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pandas as pd
 import lightning as L
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
@@ -221,6 +221,9 @@ def enqueue_recheck(study: optuna.Study, cfg: DictConfig) -> None:
     recheck = cfg.study.recheck
     if not recheck or "recheck" in study.user_attrs:
         return
+    if not Path(recheck.trials).is_file():
+        raise Refused(f"study.recheck.trials={recheck.trials} is not a file, so there are no trials to check.\n"
+                      f"Fix: name an earlier study's trials.csv (grace_lit.tune writes one beside its study.db).")
     table = pd.read_csv(recheck.trials)
     best = table[table.state == "COMPLETE"].nsmallest(recheck.top, "value")
     for row in best.to_dict("records"):
