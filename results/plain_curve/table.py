@@ -32,13 +32,16 @@ def curve(root: Path) -> pd.DataFrame:
 
 def framework(folders: list[Path]) -> pd.DataFrame:
     """One row per completed holdout run (grace_lit.report's reader): subset, cell (``<folder>/<cell folder>``),
-    seed, CPU minutes, test RMSE."""
+    its label in the figure (the cell without its subset), seed, CPU minutes, test RMSE."""
     if not folders:
         return pd.DataFrame()
     runs = collect(folders, Path.cwd())
     runs = runs[(runs.status == "completed") & (runs.protocol == "holdout")]
-    return pd.DataFrame({"subset": runs.dataset, "cell": [f"{Path(r).parent.parent.name}/{Path(r).parent.name}" for r in runs.run], "seed": runs.seed,
-                         "cpu_min": runs.cpu_time_s / 60.0, "test_rmse": runs["test/rmse_last"]})
+    cells = [Path(run).parent for run in runs.run]
+    return pd.DataFrame({
+        "subset": runs.dataset, "cell": [f"{c.parent.name}/{c.name}" for c in cells],
+        "label": [f"{c.parent.name}/{c.name.removeprefix(f'{subset}_')}" for c, subset in zip(cells, runs.dataset)],
+        "seed": runs.seed, "cpu_min": runs.cpu_time_s / 60.0, "test_rmse": runs["test/rmse_last"]})
 
 
 def spread(values: pd.Series) -> str:
@@ -95,18 +98,17 @@ def plot(points: pd.DataFrame, runs: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     subsets, budgets = sorted(points.subset.unique()), sorted(points.budget_min.unique())
-    cells = sorted({cell.replace(f"/{subset}_", "/") for subset, cell in zip(runs.get("subset", []),
-                                                                           runs.get("cell", []))})
+    labels = sorted(set(runs.get("label", [])))
     fig, axes = plt.subplots(1, len(subsets), figsize=(3.2 * len(subsets), 3.0), squeeze=False)
     for ax, subset in zip(axes[0], subsets):
         mean = points[points.subset == subset].groupby("budget_min").test_rmse_best.agg(["mean", "std"])
         ax.errorbar(mean.index, mean["mean"], yerr=mean["std"], marker="o", capsize=3, color="k", label="plain loop")
-        for i, cell in enumerate(cells):
-            group = runs[(runs.subset == subset) & (runs.cell == cell.replace("/", f"/{subset}_"))]
+        for i, label in enumerate(labels):
+            group = runs[(runs.subset == subset) & (runs.label == label)]
             if len(group):
                 ax.errorbar(group.cpu_min.mean(), group.test_rmse.mean(), xerr=group.cpu_min.std(),
                             yerr=group.test_rmse.std(), marker="s", capsize=3, linestyle="none", color=f"C{i}",
-                            label=cell)
+                            label=label)
         ax.set_xscale("log")
         ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
         ax.minorticks_off()

@@ -31,6 +31,12 @@ def score(value: float) -> str:
     return "—" if pd.isna(value) else f"{value:.3f}"
 
 
+def recheck_of(row: pd.Series) -> int | None:
+    """The earlier study's trial a check study's row scores again (None for the incumbent and in a study)."""
+    value = row.get("user_attrs_recheck_of")
+    return None if value is None or pd.isna(value) else int(value)
+
+
 def table(trials: pd.DataFrame) -> str:
     done = trials[trials.state.isin(["COMPLETE", "PRUNED"])].copy()
     done["order"] = done.value.where(done.state == "COMPLETE")  # pruned trials last, in trial order
@@ -41,8 +47,8 @@ def table(trials: pd.DataFrame) -> str:
              "|---" * (6 + len(names)) + "|"]
     for _, row in done.iterrows():
         number = str(row["number"]) + (" (incumbent)" if row.get("user_attrs_incumbent") is True else "")
-        if not pd.isna(row.get("user_attrs_recheck_of", float("nan"))):  # a check study's rerun of an earlier trial
-            number += f" (trial {int(row['user_attrs_recheck_of'])})"
+        if recheck_of(row) is not None:
+            number += f" (trial {recheck_of(row)})"
         complete = row["state"] == "COMPLETE"
         runs = [[row.get(f"user_attrs_{key}_{variant}") for key in ("score", "cpu_s", "epochs")]
                 for variant in ("grace", "fixed")]
@@ -60,12 +66,9 @@ def across(studies: dict[str, pd.DataFrame]) -> str:
     scores: dict[str, dict[str, float]] = {}
     for name, trials in studies.items():
         for _, row in trials[trials.state == "COMPLETE"].iterrows():
-            if row.get("user_attrs_incumbent") is True:
-                key = "incumbent"
-            elif "user_attrs_recheck_of" in row and not pd.isna(row["user_attrs_recheck_of"]):
-                key = str(int(row["user_attrs_recheck_of"]))
-            else:
-                key = str(row["number"])
+            first = recheck_of(row)
+            key = "incumbent" if row.get("user_attrs_incumbent") is True else str(
+                row["number"] if first is None else first)
             scores.setdefault(key, {})[name] = row["value"]
     frame = pd.DataFrame(scores).T.dropna()  # scored in every study
     frame["mean"] = frame.mean(axis=1)
