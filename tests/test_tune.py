@@ -310,9 +310,28 @@ def test_a_check_study_queues_the_best_trials_of_another_once(tmp_path: Path) ->
         assert got.keys() == expected.keys()
         assert all(got[k] == pytest.approx(expected[k], rel=1e-12) and type(got[k]) is type(expected[k])
                    for k in expected)
+    narrower = composed(["hparams_search=profile_check", "budget=cpu", "dataset=FD001",
+                         f"study.recheck.trials={tmp_path / 'trials.csv'}"], config_name="tune")
+    with open_dict(narrower):
+        del narrower.hparams_search.params["dataset.window"]
+    with pytest.raises(GraceError, match=r"(?s)searched dataset.window, which.*lacks.*Fix: check with the earlier"):
+        enqueue_recheck(optuna.create_study(), narrower)
     cfg.study.recheck.trials = str(tmp_path / "absent.csv")
     with pytest.raises(GraceError, match=r"(?s)absent.csv is not a file.*Fix: name an earlier study's trials.csv"):
         enqueue_recheck(optuna.create_study(), cfg)
+
+
+def test_the_six_condition_check_keeps_the_condition_input_it_checks() -> None:
+    """profile_conditions_check.yaml: profile_check's study over profile_conditions' space, so FD002's trials
+    are checked with the condition input they were scored with."""
+    cfg = composed(["hparams_search=profile_conditions_check", "budget=cpu_fd002", "dataset=FD002"],
+                   config_name="tune")
+    conditions = composed(["hparams_search=profile_conditions", "budget=cpu_fd002", "dataset=FD002"],
+                          config_name="tune")
+    assert cfg.hparams_search.params == conditions.hparams_search.params
+    assert "dataset.condition_input" in cfg.hparams_search.params
+    assert (cfg.seed, cfg.study.name, cfg.study.score_test, cfg.study.recheck.trials) == (
+        1002, "FD002_profile_check_s1002", False, "results/profile_tuning/FD002/trials.csv")
 
 
 def test_a_best_trial_without_its_checkpoint_is_refused_with_the_fix(tmp_path: Path) -> None:
