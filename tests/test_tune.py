@@ -310,6 +310,13 @@ def test_a_check_study_queues_the_best_trials_of_another_once(tmp_path: Path) ->
         assert got.keys() == expected.keys()
         assert all(got[k] == pytest.approx(expected[k], rel=1e-12) and type(got[k]) is type(expected[k])
                    for k in expected)
+    cfg.study.recheck.numbers = [4, 0]  # which, not how many
+    chosen = optuna.create_study()
+    enqueue_recheck(chosen, cfg)
+    assert [t.user_attrs["recheck_of"] for t in chosen.get_trials(states=(TrialState.WAITING,))] == [0, 4]
+    cfg.study.recheck.numbers = [4, 1]
+    with pytest.raises(GraceError, match=r"(?s)numbers=\[4, 1\]: \[1\] not among the complete trials.*Fix"):
+        enqueue_recheck(optuna.create_study(), cfg)
     narrower = composed(["hparams_search=profile_check", "budget=cpu", "dataset=FD001",
                          f"study.recheck.trials={tmp_path / 'trials.csv'}"], config_name="tune")
     with open_dict(narrower):

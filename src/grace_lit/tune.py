@@ -216,8 +216,8 @@ def enqueue_incumbent(study: optuna.Study, cfg: DictConfig) -> None:
 
 
 def enqueue_recheck(study: optuna.Study, cfg: DictConfig) -> None:
-    """An earlier study's best finished trials (``study.recheck``: its ``trials.csv`` and how many) as the next
-    trials, once per study: what one split seed chose, scored again on another before it ships."""
+    """An earlier study's best finished trials (``study.recheck``: its ``trials.csv`` and how many, or which) as
+    the next trials, once per study: what one split seed chose, scored again on another before it ships."""
     recheck = cfg.study.recheck
     if not recheck or "recheck" in study.user_attrs:
         return
@@ -232,7 +232,12 @@ def enqueue_recheck(study: optuna.Study, cfg: DictConfig) -> None:
                       f"(hparams_search={cfg.hparams_search.name}) lacks: the check would run other values.\n"
                       f"Fix: check with the earlier study's space (hparams_search=profile_conditions_check for "
                       f"hparams_search=profile_conditions).")
-    best = table[table.state == "COMPLETE"].nsmallest(recheck.top, "value")
+    complete = table[table.state == "COMPLETE"]
+    numbers = recheck.get("numbers")
+    best = complete[complete.number.isin(numbers)] if numbers else complete.nsmallest(recheck.top, "value")
+    if numbers and len(best) < len(numbers):
+        raise Refused(f"study.recheck.numbers={list(numbers)}: {sorted(set(numbers) - set(best.number))} not among "
+                      f"the complete trials of {recheck.trials}.\nFix: name complete trials (its state column).")
     for row in best.to_dict("records"):
         params = {key: _native(row[f"params_{key}"]) for key in cfg.hparams_search.params}
         study.enqueue_trial(params, user_attrs={"recheck_of": int(row["number"])})
