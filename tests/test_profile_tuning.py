@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, composed
 
 sys.path.insert(0, str(REPO / "results" / "profile_tuning"))
 import summary  # noqa: E402
@@ -69,3 +71,20 @@ def test_a_check_studys_rows_name_the_trial_they_score_again() -> None:
          "user_attrs_incumbent": True, "params_optimizer.lr": 0.002}])
     assert [line.split(" | ")[0] for line in summary.table(frame).splitlines()[2:]] == [
         "| 1 (incumbent)", "| 0 (trial 23)"]
+
+
+@pytest.mark.parametrize(("preset", "dataset", "space", "number"), [
+    ("cpu_tuned_fd001", "FD001", "profile", 23), ("cpu_tuned_fd002", "FD002", "profile_conditions", 13)])
+def test_a_shipped_profile_is_its_chosen_trial(preset: str, dataset: str, space: str, number: int) -> None:
+    """budget=cpu_tuned_<subset> composes the searched keys to the values of the trial its study chose (read from
+    the committed trials.csv), rounded to three significant digits, with the study's cap and epochs."""
+    space = composed([f"hparams_search={space}", f"dataset={dataset}"], config_name="tune").hparams_search.params
+    cfg = composed([f"budget={preset}", f"dataset={dataset}"])  # as the campaign trains it, no study around it
+    trials = pd.read_csv(REPO / "results" / "profile_tuning" / dataset / "trials.csv").set_index("number")
+    for key in space:
+        chosen, shipped = trials.loc[number, f"params_{key}"], OmegaConf.select(cfg, key)
+        if isinstance(shipped, float):
+            assert shipped == pytest.approx(chosen, rel=5e-3), key
+        else:
+            assert shipped == chosen, key
+    assert (cfg.callbacks.cpu_budget.minutes, cfg.trainer.max_epochs) == (5, 60)

@@ -242,8 +242,7 @@ def enqueue_recheck(study: optuna.Study, cfg: DictConfig) -> None:
         params = {key: _native(row[f"params_{key}"]) for key in cfg.hparams_search.params}
         study.enqueue_trial(params, user_attrs={"recheck_of": int(row["number"])})
     study.set_user_attr("recheck", {"trials": recheck.trials, "numbers": [int(n) for n in best.number]})
-    log.info("Queued trials %s of %s, the best %d there, to score again", list(best.number), recheck.trials,
-             len(best))
+    log.info("Queued trials %s of %s to score again", list(best.number), recheck.trials)
 
 
 def _native(value: Any) -> Any:
