@@ -23,7 +23,7 @@ _SPEC.loader.exec_module(first)
 
 
 def beside(tuned: pd.DataFrame, earlier: pd.DataFrame) -> str:
-    lines = ["| controller | subset | first campaign (`budget=cpu`) | tuned profile | change [95% CI] | "
+    lines = ["| controller | subset | first campaign (`budget=cpu`, `cpu_fd002`) | tuned profile | change [95% CI] | "
              "lower on | CPU s/run: first / tuned |", "|---|---|---|---|---|---|---|"]
     for name in first.ROWS.values():
         for dataset in first.DATASETS:
