@@ -321,7 +321,7 @@ def test_a_check_study_queues_the_best_trials_of_another_once(tmp_path: Path) ->
                          f"study.recheck.trials={tmp_path / 'trials.csv'}"], config_name="tune")
     with open_dict(narrower):
         del narrower.hparams_search.params["dataset.window"]
-    with pytest.raises(GraceError, match=r"(?s)searched dataset.window, which.*lacks.*Fix: check with the earlier"):
+    with pytest.raises(GraceError, match=r"(?s)differ in dataset.window: a check draws nothing.*Fix: check with"):
         enqueue_recheck(optuna.create_study(), narrower)
     cfg.study.recheck.trials = str(tmp_path / "absent.csv")
     with pytest.raises(GraceError, match=r"(?s)absent.csv is not a file.*Fix: name an earlier study's trials.csv"):

@@ -225,13 +225,13 @@ def enqueue_recheck(study: optuna.Study, cfg: DictConfig) -> None:
         raise Refused(f"study.recheck.trials={recheck.trials} is not a file, so there are no trials to check.\n"
                       f"Fix: name an earlier study's trials.csv (grace_lit.tune writes one beside its study.db).")
     table = pd.read_csv(recheck.trials)
-    dropped = sorted({c.removeprefix("params_") for c in table if c.startswith("params_")}
-                     - set(cfg.hparams_search.params))
-    if dropped:
-        raise Refused(f"{recheck.trials} searched {', '.join(dropped)}, which this study's space "
-                      f"(hparams_search={cfg.hparams_search.name}) lacks: the check would run other values.\n"
-                      f"Fix: check with the earlier study's space (hparams_search=profile_conditions_check for "
-                      f"hparams_search=profile_conditions).")
+    differ = sorted({c.removeprefix("params_") for c in table if c.startswith("params_")}
+                    ^ set(cfg.hparams_search.params))
+    if differ:
+        raise Refused(f"{recheck.trials} and this study's space (hparams_search={cfg.hparams_search.name}) differ "
+                      f"in {', '.join(differ)}: a check draws nothing, so it must set the keys its trials set.\n"
+                      f"Fix: check with the earlier study's own space (profile_check for a profile study, "
+                      f"profile_conditions_check for a profile_conditions one).")
     complete = table[table.state == "COMPLETE"]
     numbers = recheck.get("numbers")
     best = complete[complete.number.isin(numbers)] if numbers else complete.nsmallest(recheck.top, "value")
