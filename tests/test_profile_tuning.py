@@ -78,10 +78,10 @@ def test_a_check_studys_rows_name_the_trial_they_score_again() -> None:
 def test_a_shipped_profile_is_its_chosen_trial(preset: str, dataset: str, space: str, number: int) -> None:
     """budget=cpu_tuned_<subset> composes the searched keys to the values of the trial its study chose (read from
     the committed trials.csv), rounded to three significant digits, with the study's cap and epochs."""
-    space = composed([f"hparams_search={space}", f"dataset={dataset}"], config_name="tune").hparams_search.params
+    searched = composed([f"hparams_search={space}", f"dataset={dataset}"], config_name="tune").hparams_search.params
     cfg = composed([f"budget={preset}", f"dataset={dataset}"])  # as the campaign trains it, no study around it
     trials = pd.read_csv(REPO / "results" / "profile_tuning" / dataset / "trials.csv").set_index("number")
-    for key in space:
+    for key in searched:
         chosen, shipped = trials.loc[number, f"params_{key}"], OmegaConf.select(cfg, key)
         if isinstance(shipped, float):
             assert shipped == pytest.approx(chosen, rel=5e-3), key

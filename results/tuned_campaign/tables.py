@@ -1,8 +1,8 @@
 """The tuned campaign's tables, as markdown, from the committed files alone, as this folder's README shows them:
 per subset, the controllers under its tuned profile (the CPU campaign's rows, reader and columns:
-``results/cpu_campaign/tables.py``), then every controller beside the first campaign (``budget=cpu``,
-``results/cpu_campaign/``) on the same seeds and splits: the paired change, tuned minus first, with its 95%
-bootstrap interval. Last-window test RMSE, test truth capped at 125 throughout.
+``results/cpu_campaign/tables.py``), then every controller beside the first campaign (``budget=cpu``, FD002 and
+FD004 ``budget=cpu_fd002``; ``results/cpu_campaign/``) on the same seeds and splits: the paired change, tuned
+minus first, with its 95% bootstrap interval. Last-window test RMSE, test truth capped at 125 throughout.
 
     .venv/bin/python results/tuned_campaign/tables.py [results/tuned_campaign] [--first results/cpu_campaign]
 """
