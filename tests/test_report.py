@@ -269,6 +269,15 @@ def test_tuned_campaign_tables_in_its_readme_are_what_the_committed_runs_give():
     assert all(f"{name}\n\n{table}" in readme for name, table in zip(subsets[0::2], subsets[1::2]))
 
 
+def test_the_readme_controller_table_is_what_the_committed_runs_give():
+    """The project README's Results table is tables.py --readme: the tuned campaign's controllers on every subset,
+    the first campaign's runs where a subset has no tuned runs, from the committed runs.csv files."""
+    out = subprocess.run([sys.executable, "results/tuned_campaign/tables.py", "--readme"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert out.splitlines()[0].startswith("| controller | FD001 | FD002 | FD003")
+    assert out.splitlines()[2].startswith("| GRACE | ") and out in (REPO / "README.md").read_text()
+
+
 # ------------------------------------------------------------------ environments
 ENV = {"python": "3.12.3", "torch": "2.13.0+cpu", "lightning": "2.6.6", "numpy": "2.3.1", "kernels": "cpu AVX512"}
 

@@ -3,8 +3,9 @@ per subset, the controllers under its tuned profile (the CPU campaign's rows, re
 ``results/cpu_campaign/tables.py``), then every controller beside the first campaign (``budget=cpu``, FD002 and
 FD004 ``budget=cpu_fd002``; ``results/cpu_campaign/``) on the same seeds and splits: the paired change, tuned
 minus first, with its 95% bootstrap interval. Last-window test RMSE, test truth capped at 125 throughout.
+``--readme`` prints the project README's summary instead: every controller on every subset, in one table.
 
-    .venv/bin/python results/tuned_campaign/tables.py [results/tuned_campaign] [--first results/cpu_campaign]
+    .venv/bin/python results/tuned_campaign/tables.py [results/tuned_campaign] [--first results/cpu_campaign] [--readme]
 """
 from __future__ import annotations
 
@@ -41,12 +42,34 @@ def beside(tuned: pd.DataFrame, earlier: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def overview(tuned: pd.DataFrame, earlier: pd.DataFrame) -> str:
+    """The tuned campaign's controllers; a subset without tuned runs keeps its first campaign's, marked, so the
+    table still covers every subset."""
+    columns = {d: (tuned, d) if (tuned["dataset"] == d).any() else (earlier, f"{d}: first campaign")
+               for d in first.DATASETS}
+    lines = ["| controller | " + " | ".join(head for _, head in columns.values()) + " |",
+             "|---" * (1 + len(columns)) + "|"]
+    for name in first.ROWS.values():
+        if not (tuned["row"] == name).any():
+            continue
+        cells = []
+        for dataset, (runs, _) in columns.items():
+            rmse = runs[(runs["row"] == name) & (runs["dataset"] == dataset)]["test/rmse_last"]
+            cells.append(f"{rmse.mean():.2f} ± {rmse.std():.2f}" if len(rmse) > 1 else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", nargs="?", type=Path, default=HERE)
     parser.add_argument("--first", type=Path, default=HERE.parent / "cpu_campaign")
+    parser.add_argument("--readme", action="store_true", help="the project README's one-table summary")
     args = parser.parse_args(argv)
     runs, paired = first.completed(args.root)
+    if args.readme:
+        print(overview(runs, first.completed(args.first)[0]))
+        return
     for dataset in first.DATASETS:
         if (runs["dataset"] == dataset).any():
             print(f"{dataset}:\n\n{first.subset(runs, paired, dataset)}\n")
