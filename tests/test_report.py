@@ -276,6 +276,9 @@ def test_the_readme_controller_table_is_what_the_committed_runs_give():
                          capture_output=True, text=True, timeout=120, check=True).stdout.strip()
     assert out.splitlines()[0].startswith("| controller | FD001 | FD002 | FD003")
     assert out.splitlines()[2].startswith("| GRACE | ") and out in (REPO / "README.md").read_text()
+    runs = sorted((REPO / "results/tuned_campaign/FD004_grace_holdout").glob("s*/metrics.json"))
+    grace = pd.Series([json.loads(path.read_text())["test/rmse_last"] for path in runs])  # the run files themselves
+    assert len(grace) == 5 and out.splitlines()[2].endswith(f"| {grace.mean():.2f} ± {grace.std():.2f} |")
 
 
 # ------------------------------------------------------------------ environments
